@@ -1,0 +1,65 @@
+"""Shared fixtures: a real, small, briefly trained Keras model saved as an artifact."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worker.core import artifact as art
+
+
+def sine_fleet(n_sensors: int, steps: int, n_features: int = 1, seed: int = 0) -> np.ndarray:
+    """(n_sensors, steps, F) smooth periodic signals with noise, different phase per sensor."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(steps)[None, :, None]
+    phase = rng.uniform(0, 2 * np.pi, (n_sensors, 1, n_features))
+    period = rng.uniform(20, 40, (n_sensors, 1, n_features))
+    level = rng.normal(0, 1, (n_sensors, 1, n_features))
+    return level + np.sin(2 * np.pi * t / period + phase) + 0.05 * rng.normal(size=(n_sensors, steps, n_features))
+
+
+def make_artifact(tmp: Path, features: list[str], units: list[int], *, epochs: int = 2, seed: int = 7,
+                  sensors_scaling: dict | None = None, warmup: int = 8, version: str | None = None) -> Path:
+    """Fit the sequence network for a few epochs on sine waves and save it with a manifest."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    f = len(features)
+    net = art.build_network(f, units, seed=seed)
+    net.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    data = sine_fleet(32, 65, f, seed=seed).astype("float32")
+    net.fit(data[:, :-1], data[:, 1:], epochs=epochs, batch_size=16, verbose=0, shuffle=False)
+    manifest = art.Manifest(
+        model_version=version or f"test-{'-'.join(features)}-{'x'.join(map(str, units))}",
+        features=features,
+        units=units,
+        scaling=art.Scaling(mean=[0.0] * f, std=[1.0] * f, sensors=sensors_scaling or {}),
+        calibration=art.Calibration(threshold=0.999, warmup=warmup, short_window=4, long_window=200,
+                                    error_mean=1.0, error_std=0.5, residual_std=[0.5] * f),
+        training={"data": "sine fixture"},
+    )
+    return art.save(tmp / manifest.model_version, net, manifest)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def artifact_1f(models_dir) -> Path:
+    """One feature, one LSTM layer of 16 units; sensors s0..s9 have trained scaling."""
+    scaling = {f"s{i}": {"mean": [0.1 * i], "std": [1.0 + 0.1 * i]} for i in range(10)}
+    return make_artifact(models_dir, ["temp"], [16], sensors_scaling=scaling)
+
+
+@pytest.fixture(scope="session")
+def artifact_3f(models_dir) -> Path:
+    """Three features, two stacked LSTM layers."""
+    return make_artifact(models_dir, ["temp", "rpm", "vib"], [12, 8])

@@ -1,0 +1,344 @@
+"""The scoring core: route readings to slots, tick the engine, score, keep per-sensor state.
+
+:class:`SlotDetector` is what the Kafka worker and ``slotwatch replay`` both run.  It is
+pure with respect to I/O: readings in, scores and rejections out, state exportable per
+partition for checkpoints.
+
+Order: readings are applied in the order given (for Kafka: offset order per partition).
+A sensor's readings in one call become successive ticks.  A reading older than the last
+one applied for its sensor is rejected as ``late`` rather than reordered, so the result
+never depends on how the stream was cut into batches.
+
+>>> from worker.core.artifact import Artifact, Manifest, Scaling, Calibration, build_network
+>>> net = build_network(1, [8], seed=0)
+>>> scaling = Scaling([0.0], [1.0], sensors={"a": {"mean": [0.0], "std": [1.0]}})
+>>> m = Manifest("demo", ["temp"], [8], scaling, Calibration(warmup=2))
+>>> det = SlotDetector(Artifact(None, m, net), slots=4)
+>>> out = det.process([Reading("a", 1000 * i, np.array([0.1 * i])) for i in range(3)])
+>>> [o.warming_up for o in out]   # "a" was seen in training; unseen sensors warm up twice as long
+[True, True, False]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from worker.core.artifact import Artifact
+from worker.core.engine import SlotEngine
+from worker.core.readings import Reading, Rejection, Score
+from worker.core.router import NoFreeSlot, SlotRouter
+from worker.core.scorer import ScorerParams, feature_errors, reading_error, score_step
+from worker.state.table import NO_TS, StateTable
+
+_MIN_STD_FRACTION = 1e-3  # an online-learned std never drops below this share of the fleet's
+
+
+@dataclass
+class DetectorStats:
+    """Counters the edges turn into metrics."""
+
+    ticks: int = 0
+    readings: int = 0  # readings that went through a tick
+    slot_fill: int = 0  # sum over ticks of readings per tick
+    page_outs: int = 0
+    page_ins: int = 0
+    resets_gap: int = 0
+    resets_request: int = 0
+    anomalies: int = 0
+
+
+class SlotDetector:
+    """Every sensor in a fixed slot of one stateful LSTM, scored step by step."""
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        slots: int = 256,
+        when_full: str = "page",
+        max_gap_ms: int = 3_600_000,
+        threshold: float | None = None,
+        warmup: int | None = None,
+        recent: int = 16,
+        jit_compile: bool = False,
+    ) -> None:
+        m = artifact.manifest
+        m.validate()
+        cal = m.calibration
+        self.model_version = m.model_version
+        self.features = list(m.features)
+        self.n_features = f = len(self.features)
+        self.slots = slots
+        self.max_gap_ms = int(max_gap_ms)
+        self.params = ScorerParams(
+            threshold=cal.threshold if threshold is None else float(threshold),
+            warmup=cal.warmup if warmup is None else int(warmup),
+            short_window=cal.short_window,
+            long_window=cal.long_window,
+            prior_mean=cal.error_mean,
+            prior_var=cal.error_std**2,
+        )
+        self.residual_std = np.asarray(cal.residual_std or [1.0] * f, dtype=np.float64)
+        self.scaling = m.scaling
+        self._global_mean = np.asarray(m.scaling.mean, dtype=np.float64)
+        self._global_std = np.asarray(m.scaling.std, dtype=np.float64)
+        self.engine = SlotEngine(artifact.model.get_weights(), f, m.units, slots, jit_compile=jit_compile)
+        self.router = SlotRouter(slots, when_full)
+        self.table = StateTable(f, self.engine.state_size, recent)
+        self.stats = DetectorStats()
+        self._x = np.zeros((slots, 1, f), np.float32)
+        self._mask = np.zeros(slots, bool)
+
+    @property
+    def threshold(self) -> float:
+        return self.params.threshold
+
+    # ------------------------------------------------------------------ processing
+    def process(self, readings: Sequence[Reading]) -> list[Score | Rejection]:
+        """Score readings; the result is aligned with the input (a Score or a Rejection each)."""
+        out: list[Score | Rejection | None] = [None] * len(readings)
+        table = self.table
+        last_ts = table.cols["last_ts"]
+        groups: dict[str, list[int]] = {}
+        pending_ts: dict[str, int] = {}
+        for i, r in enumerate(readings):
+            sid = r.sensor_id
+            if r.values.shape != (self.n_features,):
+                raise ValueError(f"reading of {sid} has {r.values.shape} values, model takes ({self.n_features},)")
+            prev = pending_ts.get(sid)
+            if prev is None:
+                row = table.index.get(sid)
+                prev = NO_TS if row is None else int(last_ts[row])
+            if r.ts_ms < prev and not r.reset:
+                out[i] = Rejection("late", f"ts {r.ts_ms} is older than the last reading applied ({prev})", sid, r.partition, r.offset)
+                continue
+            pending_ts[sid] = r.ts_ms
+            g = groups.get(sid)
+            if g is None:
+                groups[sid] = [i]
+            else:
+                g.append(i)
+
+        # rounds: the k-th reading of every sensor; each round is cut into ticks of <= B sensors
+        rnd = 0
+        order = list(groups)
+        while order:
+            slotted = [s for s in order if s in self.router]
+            fresh = [s for s in order if s not in self.router]
+            todo = slotted + fresh
+            for start in range(0, len(todo), self.slots):
+                chunk = todo[start : start + self.slots]
+                self._tick(chunk, [groups[s][rnd] for s in chunk], readings, out)
+            rnd += 1
+            order = [s for s in order if len(groups[s]) > rnd]
+        return out  # type: ignore[return-value]
+
+    def score_one(self, reading: Reading) -> Score | Rejection:
+        """Score a single reading (a tick with one slot busy)."""
+        return self.process([reading])[0]
+
+    # ------------------------------------------------------------------ one tick
+    def _tick(self, chunk: list[str], idx: list[int], readings: Sequence[Reading], out: list) -> None:
+        table, router, engine = self.table, self.router, self.engine
+        c = table.cols
+        pinned = set(chunk)
+        rows = np.empty(len(chunk), np.int64)
+        slots = np.empty(len(chunk), np.int64)
+        keep = np.ones(len(chunk), bool)
+        out_rows: list[int] = []
+        out_slots: list[int] = []
+        in_rows: list[int] = []
+        in_slots: list[int] = []
+        for j, sid in enumerate(chunk):
+            row = table.index.get(sid)
+            if row is None:
+                row = self._new_sensor(sid, readings[idx[j]].partition)
+            rows[j] = row
+            slot = router.slot_of(sid)
+            if slot is not None:
+                router.touch(sid)
+            else:
+                try:
+                    slot, victim = router.acquire(sid, pinned)
+                except NoFreeSlot as e:
+                    r = readings[idx[j]]
+                    out[idx[j]] = Rejection("no_free_slot", str(e), sid, r.partition, r.offset)
+                    keep[j] = False
+                    slots[j] = -1
+                    continue
+                if victim is not None:
+                    vrow = table.index[victim]
+                    out_rows.append(vrow)
+                    out_slots.append(slot)
+                in_rows.append(row)
+                in_slots.append(slot)
+            slots[j] = slot
+        if out_rows:  # page out before the slots are overwritten
+            orow = np.array(out_rows)
+            c["state"][orow] = engine.read_state(np.array(out_slots))
+            c["slot"][orow] = -1
+            self.stats.page_outs += len(out_rows)
+        if in_rows:
+            irow = np.array(in_rows)
+            engine.write_state(np.array(in_slots), c["state"][irow])
+            c["slot"][irow] = in_slots
+            self.stats.page_ins += len(in_rows)
+        if not keep.all():
+            rows, slots = rows[keep], slots[keep]
+            idx = [i for i, k in zip(idx, keep) if k]
+        if len(rows) == 0:
+            return
+        batch = [readings[i] for i in idx]
+        n = len(batch)
+        ts = np.fromiter((r.ts_ms for r in batch), np.int64, n)
+        x = np.stack([r.values for r in batch]).astype(np.float64, copy=False)
+
+        # sequence boundaries: explicit reset, or a gap longer than max_gap
+        count = c["count"][rows]
+        gap = (count > 0) & (ts - c["last_ts"][rows] > self.max_gap_ms)
+        req = np.fromiter((r.reset for r in batch), bool, n)
+        need = gap | req
+        if need.any():
+            self._reset_rows(rows[need], slots[need])
+            self.stats.resets_gap += int(gap.sum())
+            self.stats.resets_request += int((req & ~gap).sum())
+            count = c["count"][rows]
+
+        # scaling: artifact values, or learned online for unseen sensors during warm-up
+        trained = c["trained"][rows]
+        warm_n = np.where(trained, self.params.warmup, 2 * self.params.warmup)
+        learning = (~trained) & (count < self.params.warmup)
+        if learning.any():
+            lr = rows[learning]
+            xl = x[learning]
+            k = (count[learning] + 1).astype(np.float64)[:, None]
+            mean = c["mean"][lr]
+            first = count[learning] == 0
+            mean = np.where(first[:, None], xl, mean)
+            delta = xl - mean
+            mean = mean + delta / k
+            m2 = np.where(first[:, None], 0.0, c["m2"][lr]) + delta * (xl - mean)
+            std = np.sqrt((m2 + self._global_std**2) / (k + 1.0))
+            std = np.maximum(std, self._global_std * _MIN_STD_FRACTION)
+            c["mean"][lr], c["m2"][lr], c["std"][lr] = mean, m2, std
+            ending = learning & (count + 1 >= self.params.warmup)
+            if ending.any():  # scaling freezes now: errors so far were on moving scales
+                er = rows[ending]
+                c["err_mean"][er] = self.params.prior_mean
+                c["err_var"][er] = self.params.prior_var
+        mean = c["mean"][rows]
+        std = c["std"][rows]
+        xs = (x - mean) / std
+
+        # the compiled step over all B slots
+        X, M = self._x, self._mask
+        X[slots, 0, :] = xs
+        M[slots] = True
+        expected_all = engine.step(X, M)
+        X[slots] = 0.0
+        M[slots] = False
+        exp_s = expected_all[slots].astype(np.float64)
+
+        err = reading_error(feature_errors(xs, exp_s, self.residual_std))
+        score, anom, warming, em, ev, es = score_step(
+            self.params, err, count, warm_n, c["err_mean"][rows], c["err_var"][rows], c["err_short"][rows]
+        )
+        c["err_mean"][rows], c["err_var"][rows], c["err_short"][rows] = em, ev, es
+        c["count"][rows] = count + 1
+        c["total"][rows] += 1
+        c["last_ts"][rows] = ts
+        offs = np.fromiter((r.offset for r in batch), np.int64, n)
+        c["last_offset"][rows] = np.where(offs >= 0, offs, c["last_offset"][rows])
+        pos = c["recent_pos"][rows]
+        c["recent"][rows, pos] = x
+        c["recent_ts"][rows, pos] = ts
+        c["recent_pos"][rows] = (pos + 1) % table.recent
+        expected = exp_s * std + mean
+
+        st = self.stats
+        st.ticks += 1
+        st.readings += n
+        st.slot_fill += n
+        st.anomalies += int(anom.sum())
+        thr = self.params.threshold
+        for j, (i, r) in enumerate(zip(idx, batch)):
+            out[i] = Score(
+                r.sensor_id, r.ts_ms, float(score[j]), float(err[j]), bool(anom[j]), thr, bool(warming[j]),
+                r.values, expected[j], r.partition, r.offset, r.label,
+            )
+
+    # ------------------------------------------------------------------ state
+    def _new_sensor(self, sensor_id: str, partition: int) -> int:
+        row = self.table.add(sensor_id, partition)
+        mean, std, trained = self.scaling.for_sensor(sensor_id)
+        c = self.table.cols
+        c["mean"][row], c["std"][row], c["trained"][row] = mean, std, trained
+        c["m2"][row] = 0.0
+        return row
+
+    def _reset_rows(self, rows: np.ndarray, slots: np.ndarray) -> None:
+        self.table.clear_rows(rows)
+        self.engine.reset(slots)
+
+    def reset(self, sensor_id: str) -> bool:
+        """Zero a sensor's state and restart its warm-up now; False if it is unknown."""
+        row = self.table.index.get(sensor_id)
+        if row is None:
+            return False
+        slot = self.router.slot_of(sensor_id)
+        self.table.clear_rows(np.array([row]))
+        if slot is not None:
+            self.engine.reset(np.array([slot]))
+        return True
+
+    def sync_state(self) -> None:
+        """Copy the state of every slotted sensor into the table (before export)."""
+        pairs = self.router.assignments()
+        if not pairs:
+            return
+        rows = np.array([self.table.index[s] for s, _ in pairs])
+        self.table.cols["state"][rows] = self.engine.read_state(np.array([sl for _, sl in pairs]))
+
+    def sensor_state(self, sensor_id: str) -> np.ndarray:
+        """The current LSTM state (h, c of each layer) of one sensor."""
+        row = self.table.index[sensor_id]
+        slot = self.router.slot_of(sensor_id)
+        if slot is not None:
+            return self.engine.read_state(np.array([slot]))[0]
+        return self.table.cols["state"][row].copy()
+
+    def export_partition(self, partition: int) -> dict[str, np.ndarray]:
+        """Columns of every sensor of ``partition`` (for :mod:`worker.checkpointing.format`)."""
+        self.sync_state()
+        return self.table.export_rows(self.table.rows_of_partition(partition))
+
+    def import_partition(self, data: dict[str, np.ndarray]) -> int:
+        """Load sensors' state (from a checkpoint); they go back to their old slots where free."""
+        ids = [str(s) for s in data["sensor_id"]]
+        for sid in ids:  # the checkpoint wins over whatever was in memory
+            if self.router.release(sid) is not None:
+                self.table.cols["slot"][self.table.index[sid]] = -1
+        rows = self.table.import_rows(data)
+        c = self.table.cols
+        saved = c["slot"][rows].copy()
+        c["slot"][rows] = -1
+        wanted = [(ids[k], int(saved[k])) for k in range(len(ids)) if saved[k] >= 0]
+        self.router.place(wanted)
+        placed = [(self.table.index[s], sl) for s, sl in wanted if self.router.slot_of(s) == sl]
+        if placed:
+            prow = np.array([p[0] for p in placed])
+            pslot = np.array([p[1] for p in placed])
+            self.engine.write_state(pslot, c["state"][prow])
+            c["slot"][prow] = pslot
+        return len(ids)
+
+    def drop_partition(self, partition: int) -> int:
+        """Forget every sensor of a partition (it moved to another worker)."""
+        rows = self.table.rows_of_partition(partition)
+        for r in rows:
+            sid = self.table.ids[r]
+            self.router.release(sid)
+        self.table.remove_rows(rows)
+        return len(rows)

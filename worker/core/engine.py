@@ -1,0 +1,92 @@
+"""The engine: one stateful Keras LSTM whose batch has B fixed slots, advanced a tick at a time.
+
+A tick feeds at most one reading per slot.  ``step(x, mask)`` returns, for every slot, the
+value the model expected *before* this tick (the head applied to the slot's hidden state)
+and then advances the slots whose ``mask`` is set; the others keep their state bit for
+bit (``tf.where`` on the state variables).  The step is one ``tf.function`` traced once
+for the fixed shapes, so a tick costs one call, never a ``model.predict`` per reading.
+
+State layout per slot: ``[h_0, c_0, h_1, c_1, ...]`` concatenated (``state_size`` floats).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from worker.core.artifact import build_network
+
+
+class SlotEngine:
+    """B slots of the slotwatch network; weights from an artifact (sequence form).
+
+    >>> import numpy as np
+    >>> from worker.core.artifact import build_network
+    >>> net = build_network(n_features=1, units=[4], seed=1)
+    >>> eng = SlotEngine(net.get_weights(), n_features=1, units=[4], slots=3)
+    >>> x = np.zeros((3, 1, 1), np.float32); x[1, 0, 0] = 0.5
+    >>> _ = eng.step(x, np.array([False, True, False]))
+    >>> s = eng.read_state(np.arange(3))
+    >>> bool(np.all(s[0] == 0) and np.all(s[2] == 0) and np.any(s[1] != 0))
+    True
+    """
+
+    def __init__(self, weights: list[np.ndarray], n_features: int, units: list[int], slots: int, jit_compile: bool = False) -> None:
+        import tensorflow as tf
+
+        self.slots = slots
+        self.n_features = n_features
+        self.units = list(units)
+        self.model = build_network(n_features, self.units, batch_size=slots, stateful=True)
+        self.model.set_weights(weights)
+        lstms = [self.model.get_layer(f"lstm_{i}") for i in range(len(self.units))]
+        head = self.model.get_layer("head")
+        state_vars = [v for layer in lstms for v in layer.states]  # h0, c0, h1, c1, ...
+        sizes = [int(v.shape[-1]) for v in state_vars]
+        self.state_size = int(sum(sizes))
+        offsets = np.cumsum([0] + sizes)
+        last_h = lstms[-1].states[0]
+        model = self.model
+
+        def _step(x, mask):
+            old = [tf.identity(v) for v in state_vars]
+            expected = head(tf.identity(last_h))
+            model(x, training=False)  # stateful: assigns new states to the variables
+            keep = tf.expand_dims(mask, 1)
+            for v, o in zip(state_vars, old):
+                v.assign(tf.where(keep, v, o))
+            return expected
+
+        def _read(slot_idx):
+            return tf.concat([tf.gather(v, slot_idx) for v in state_vars], axis=1)
+
+        def _write(slot_idx, values):
+            idx = tf.expand_dims(slot_idx, 1)
+            for v, a, b in zip(state_vars, offsets[:-1], offsets[1:]):
+                v.assign(tf.tensor_scatter_nd_update(v, idx, values[:, int(a) : int(b)]))
+            return tf.constant(0)
+
+        spec_x = tf.TensorSpec((slots, 1, n_features), tf.float32)
+        spec_m = tf.TensorSpec((slots,), tf.bool)
+        spec_i = tf.TensorSpec((None,), tf.int32)
+        spec_v = tf.TensorSpec((None, self.state_size), tf.float32)
+        self._step = tf.function(_step, input_signature=[spec_x, spec_m], jit_compile=jit_compile, reduce_retracing=True)
+        self._read = tf.function(_read, input_signature=[spec_i])
+        self._write = tf.function(_write, input_signature=[spec_i, spec_v])
+
+    def step(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Advance the masked slots by one reading each; returns expected values (B, F), before the step."""
+        return self._step(x, mask).numpy()
+
+    def read_state(self, slots: np.ndarray) -> np.ndarray:
+        """State of the given slots, shape (n, state_size)."""
+        return self._read(np.asarray(slots, dtype=np.int32)).numpy()
+
+    def write_state(self, slots: np.ndarray, values: np.ndarray) -> None:
+        slots = np.asarray(slots, dtype=np.int32)
+        if len(slots):
+            self._write(slots, np.asarray(values, dtype=np.float32))
+
+    def reset(self, slots: np.ndarray) -> None:
+        """Zero the state of the given slots."""
+        slots = np.asarray(slots, dtype=np.int32)
+        self.write_state(slots, np.zeros((len(slots), self.state_size), np.float32))

@@ -1,0 +1,195 @@
+"""All of slotwatch's settings: one pydantic-settings model.
+
+Every field can be set by environment variable with the prefix ``SLOTWATCH_`` and
+``__`` between nested names, from a ``.env`` file in the working directory, or from
+secret files (one file per setting, named like the variable without the prefix, e.g.
+``/run/secrets/kafka__security__sasl_password``; the folder is
+``SLOTWATCH_SECRETS_DIR``, default ``/run/secrets`` when it exists).
+
+>>> import os
+>>> os.environ["SLOTWATCH_MODEL__SLOTS"] = "64"
+>>> Settings().model.slots
+64
+>>> del os.environ["SLOTWATCH_MODEL__SLOTS"]
+
+The README's settings table is generated from this module
+(``python -m worker.settings --markdown``) so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SecuritySettings(BaseModel):
+    """How the worker authenticates to Kafka."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security.protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism, required for SASL_* protocols."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(
+        None, description="SASL password (env or secret file; never logged)."
+    )
+    ssl_cafile: Path | None = Field(None, description="CA bundle (PEM) to verify the brokers.")
+    ssl_certfile: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    ssl_keyfile: Path | None = Field(None, description="Client private key (PEM) for mutual TLS.")
+    ssl_password: SecretStr | None = Field(None, description="Password of the client key, if any.")
+    ssl_check_hostname: bool = Field(True, description="Verify the broker's host name against its certificate.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SecuritySettings":
+        if self.protocol.startswith("SASL"):
+            missing = [
+                n
+                for n, v in (
+                    ("sasl_mechanism", self.sasl_mechanism),
+                    ("sasl_username", self.sasl_username),
+                    ("sasl_password", self.sasl_password),
+                )
+                if v is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"security.protocol={self.protocol} needs "
+                    + ", ".join(f"SLOTWATCH_KAFKA__SECURITY__{m.upper()}" for m in missing)
+                )
+        return self
+
+
+class KafkaSettings(BaseModel):
+    """Where the readings come from and where the results go."""
+
+    bootstrap_servers: str = Field("localhost:9092", description="Comma-separated host:port list.")
+    readings_topic: str = Field("slotwatch.readings", description="Input topic (key: sensor id).")
+    scores_topic: str = Field("slotwatch.scores", description="Every score, when publish_scores is on.")
+    anomalies_topic: str = Field("slotwatch.anomalies", description="Scores flagged as anomalies.")
+    dead_letter_topic: str = Field("slotwatch.dead-letter", description="Rejected input with a reason.")
+    publish_scores: bool = Field(False, description="Publish every score, not only anomalies.")
+    group_id: str = Field("slotwatch", description="Consumer group id.")
+    client_id: str = Field("slotwatch-worker", description="Client id sent to the brokers.")
+    max_message_bytes: int = Field(65536, gt=0, description="Readings larger than this are rejected (too_large).")
+    max_poll_records: int = Field(2000, gt=0, description="Upper bound of readings per poll.")
+    poll_timeout_ms: int = Field(200, ge=0, description="How long one poll waits for data.")
+    session_timeout_ms: int = Field(10000, gt=0, description="Consumer group session timeout.")
+    heartbeat_interval_ms: int = Field(3000, gt=0, description="Consumer group heartbeat interval.")
+    max_poll_interval_ms: int = Field(300000, gt=0, description="Max time between polls before the group evicts us.")
+    request_timeout_ms: int = Field(30000, gt=0, description="Client request timeout.")
+    retry_backoff_ms: int = Field(500, gt=0, description="First backoff when the broker is unreachable (doubles, capped at 30 s).")
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+
+
+class ModelSettings(BaseModel):
+    """The model artifact and how the scoring core uses it."""
+
+    path: Path = Field(Path("models"), description="Artifact directory, or a folder whose `latest` pointer names one.")
+    slots: int = Field(256, gt=0, description="B: batch slots of the stateful LSTM (sensors scored at once).")
+    when_full: Literal["page", "reject"] = Field(
+        "page", description="All slots taken: page the least recently used sensor out, or reject (no_free_slot)."
+    )
+    max_gap_s: float = Field(3600.0, gt=0, description="A gap longer than this resets the sensor's state and warm-up.")
+    threshold: float | None = Field(None, gt=0, lt=1, description="Override the artifact's score threshold (0..1).")
+    warmup: int | None = Field(None, ge=0, description="Override the artifact's warm-up length (readings).")
+    recent_readings: int = Field(16, ge=1, description="Readings kept per sensor in state and checkpoints.")
+    features: list[str] | None = Field(
+        None, description="Expected feature names; the worker refuses an artifact with others."
+    )
+
+
+class CheckpointSettings(BaseModel):
+    """Durable per-partition state."""
+
+    dir: Path = Field(Path("checkpoints"), description="Where checkpoints are written (a volume in containers).")
+    interval_s: float = Field(30.0, gt=0, description="Checkpoint at least this often (seconds)...")
+    interval_readings: int = Field(100_000, gt=0, description="...or after this many readings, whichever first.")
+    generations: int = Field(3, ge=2, description="Checkpoint generations kept per partition.")
+
+
+class MetricsSettings(BaseModel):
+    """The HTTP endpoint for /metrics, /healthz and /readyz."""
+
+    host: str = Field("0.0.0.0", description="Bind address of the metrics/health server.")
+    port: int = Field(9108, ge=0, le=65535, description="Port (0 picks a free one).")
+
+
+class LogSettings(BaseModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    format: Literal["text", "json"] = Field("text", description="json: one JSON object per line.")
+
+
+def _default_secrets_dir() -> str | None:
+    d = os.environ.get("SLOTWATCH_SECRETS_DIR", "/run/secrets")
+    return d if os.path.isdir(d) else None
+
+
+class Settings(BaseSettings):
+    """slotwatch's settings (env prefix ``SLOTWATCH_``, nested with ``__``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SLOTWATCH_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    shutdown_grace_s: float = Field(20.0, gt=0, description="SIGTERM: finish, checkpoint, commit and exit within this.")
+
+    @classmethod
+    def load(cls, **overrides) -> "Settings":
+        """Settings from env/.env/secret files; ``overrides`` win (nested dicts allowed)."""
+        secrets = _default_secrets_dir()
+        if secrets:
+            return cls(_secrets_dir=secrets, **overrides)
+        return cls(**overrides)
+
+
+def settings_table(model: type[BaseModel] = Settings, prefix: str = "SLOTWATCH_") -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every leaf setting, for the README."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        var = f"{prefix}{name.upper()}"
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(settings_table(ann, var + "__"))
+            continue
+        if field.default_factory is not None:
+            default = field.default_factory()
+        else:
+            default = field.default
+        shown = "—" if default is None else (f"`{default}`" if not isinstance(default, bool) else f"`{str(default).lower()}`")
+        rows.append((var, shown, field.description or ""))
+    return rows
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m worker.settings", description="Show slotwatch's settings.")
+    p.add_argument("--markdown", action="store_true", help="print the README table of every setting")
+    args = p.parse_args(argv)
+    if args.markdown:
+        print("| variable | default | meaning |")
+        print("|---|---|---|")
+        for var, default, desc in settings_table():
+            print(f"| `{var}` | {default} | {desc} |")
+    else:
+        print(Settings.load().model_dump_json(indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

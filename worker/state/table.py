@@ -1,0 +1,155 @@
+"""The state table: every known sensor's state as one row of a set of numpy columns.
+
+A sensor's LSTM state lives in its slot while it has one (see :mod:`worker.core.engine`);
+the table keeps the copy that is paged out, and the scorer statistics, scaling,
+timestamps, offsets and recent readings of every sensor all the time.  Columns are
+numpy arrays so that a tick reads and writes all its sensors with one fancy index.
+
+>>> t = StateTable(n_features=1, state_size=4, recent=3)
+>>> r = t.add("pump-1", partition=0)
+>>> t.row("pump-1") == r, t.n_rows
+(True, 1)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NO_TS = np.iinfo(np.int64).min
+
+# name -> (dtype, trailing shape kind); "S": state_size, "F": features, "RF": recent x F, "R": recent
+COLUMNS: dict[str, tuple[str, str]] = {
+    "state": ("float32", "S"),  # LSTM state (h, c of each layer), valid when slot == -1 or synced
+    "slot": ("int32", ""),  # slot held, or -1
+    "partition": ("int32", ""),  # input partition the sensor's readings come from
+    "count": ("int64", ""),  # readings since the last reset (warm-up counter)
+    "total": ("int64", ""),  # readings ever applied
+    "last_ts": ("int64", ""),  # ms of the last reading applied
+    "last_offset": ("int64", ""),  # offset of the last reading applied
+    "trained": ("bool", ""),  # scaling comes from the artifact
+    "mean": ("float64", "F"),  # input scaling
+    "std": ("float64", "F"),
+    "m2": ("float64", "F"),  # Welford sum of squares while learning scaling online
+    "err_mean": ("float64", ""),  # long-run error mean / variance
+    "err_var": ("float64", ""),
+    "err_short": ("float64", ""),  # short-term (EWMA) error
+    "recent": ("float32", "RF"),  # ring of recent readings (raw values)
+    "recent_ts": ("int64", "R"),
+    "recent_pos": ("int32", ""),  # next write position in the ring
+}
+
+
+class StateTable:
+    """Rows of per-sensor state, addressed by sensor id."""
+
+    def __init__(self, n_features: int, state_size: int, recent: int = 16, capacity: int = 1024) -> None:
+        self.n_features = n_features
+        self.state_size = state_size
+        self.recent = recent
+        self.ids: list[str] = []
+        self.index: dict[str, int] = {}
+        self._cap = 0
+        self.cols: dict[str, np.ndarray] = {}
+        self._grow(max(capacity, 1))
+
+    # -- layout -----------------------------------------------------------------
+    def _shape(self, kind: str, n: int) -> tuple[int, ...]:
+        return {
+            "": (n,),
+            "S": (n, self.state_size),
+            "F": (n, self.n_features),
+            "RF": (n, self.recent, self.n_features),
+            "R": (n, self.recent),
+        }[kind]
+
+    def _grow(self, cap: int) -> None:
+        for name, (dtype, kind) in COLUMNS.items():
+            new = np.zeros(self._shape(kind, cap), dtype=dtype)
+            old = self.cols.get(name)
+            if old is not None:
+                new[: self._cap] = old[: self._cap]
+            self.cols[name] = new
+        self._cap = cap
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        cols = self.__dict__.get("cols")
+        if cols is not None and name in cols:
+            return cols[name]
+        raise AttributeError(name)
+
+    # -- rows -------------------------------------------------------------------
+    @property
+    def n_rows(self) -> int:
+        return len(self.ids)
+
+    def row(self, sensor_id: str) -> int | None:
+        return self.index.get(sensor_id)
+
+    def add(self, sensor_id: str, partition: int = -1) -> int:
+        """A new zeroed row for ``sensor_id`` (caller fills in scaling)."""
+        if sensor_id in self.index:
+            raise KeyError(f"{sensor_id!r} exists")
+        r = len(self.ids)
+        if r >= self._cap:
+            self._grow(self._cap * 2)
+        self.ids.append(sensor_id)
+        self.index[sensor_id] = r
+        self.clear_rows(np.array([r]))
+        self.cols["slot"][r] = -1
+        self.cols["partition"][r] = partition
+        self.cols["total"][r] = 0
+        self.cols["last_offset"][r] = -1
+        return r
+
+    def clear_rows(self, rows: np.ndarray) -> None:
+        """Restart rows' sequences: zero state and warm-up, forget time and errors (keeps scaling, offsets)."""
+        c = self.cols
+        c["state"][rows] = 0.0
+        c["count"][rows] = 0
+        c["last_ts"][rows] = NO_TS
+        c["err_mean"][rows] = 0.0
+        c["err_var"][rows] = 0.0
+        c["err_short"][rows] = 0.0
+        c["recent"][rows] = 0.0
+        c["recent_ts"][rows] = NO_TS
+        c["recent_pos"][rows] = 0
+
+    def rows_of_partition(self, partition: int) -> np.ndarray:
+        n = self.n_rows
+        return np.nonzero(self.cols["partition"][:n] == partition)[0]
+
+    def export_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Copies of the columns for ``rows`` plus their ids under ``"sensor_id"``."""
+        out = {name: self.cols[name][rows].copy() for name in COLUMNS}
+        out["sensor_id"] = np.array([self.ids[r] for r in rows], dtype=object)
+        return out
+
+    def import_rows(self, data: dict[str, np.ndarray]) -> np.ndarray:
+        """Write exported rows back (adding unknown sensors); returns their row numbers."""
+        ids = list(data["sensor_id"])
+        rows = np.empty(len(ids), dtype=np.int64)
+        for i, sid in enumerate(ids):
+            r = self.index.get(sid)
+            rows[i] = self.add(sid) if r is None else r
+        for name, (_, kind) in COLUMNS.items():
+            arr = data[name]
+            want = self._shape(kind, len(ids))
+            if arr.shape != want:
+                raise ValueError(f"column {name} has shape {arr.shape}, expected {want}")
+            self.cols[name][rows] = arr
+        return rows
+
+    def remove_rows(self, rows: np.ndarray) -> None:
+        """Forget rows (e.g. a revoked partition's sensors); later rows move down."""
+        drop = set(int(r) for r in rows)
+        if not drop:
+            return
+        keep = np.array([r for r in range(self.n_rows) if r not in drop], dtype=np.int64)
+        for name in COLUMNS:
+            col = self.cols[name]
+            col[: len(keep)] = col[keep]
+        self.ids = [self.ids[r] for r in keep]
+        self.index = {sid: i for i, sid in enumerate(self.ids)}
+
+    def nbytes_per_row(self) -> int:
+        return sum(c.itemsize * int(np.prod(c.shape[1:], dtype=np.int64)) for c in self.cols.values())
