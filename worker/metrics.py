@@ -1,0 +1,101 @@
+"""Prometheus metrics of the worker: the one place that names them.
+
+Conventions: prefix ``slotwatch_``, base units (seconds, bytes, ratios), ``_total`` on
+counters, no per-sensor labels (only ``reason``, ``cause`` and ``partition``, all bounded).
+The dashboard and alert rules in ``deploy/`` use exactly these names; a test checks it.
+
+Each :class:`Metrics` has its own registry, so tests can run several workers in one process.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from worker.core.readings import REASONS
+
+# sub-millisecond resolution for ticks, up to seconds for slow ones
+TICK_BUCKETS = (5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7.5e-4, 1e-3, 1.5e-3, 2e-3, 3e-3, 5e-3, 7.5e-3, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+CHECKPOINT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+FILL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.consumed = Counter("slotwatch_readings_consumed_total", "Readings taken from the readings topic.", registry=r)
+        self.scored = Counter("slotwatch_readings_scored_total", "Readings scored by the core.", registry=r)
+        self.rejected = Counter(
+            "slotwatch_readings_rejected_total", "Readings sent to the dead-letter topic, by reason.", ["reason"], registry=r
+        )
+        for reason in REASONS:
+            self.rejected.labels(reason)
+        self.skipped = Counter(
+            "slotwatch_readings_skipped_total",
+            "Readings at or below the partition's checkpointed offset (a replay after a crash), not applied again.",
+            registry=r,
+        )
+        self.anomalies = Counter("slotwatch_anomalies_total", "Readings flagged as anomalies.", registry=r)
+        self.published = Counter(
+            "slotwatch_messages_published_total", "Messages produced, by topic kind.", ["kind"], registry=r
+        )
+        for kind in ("score", "anomaly", "dead_letter"):
+            self.published.labels(kind)
+        self.resets = Counter("slotwatch_sensor_resets_total", "Sensor state resets, by cause.", ["cause"], registry=r)
+        for cause in ("gap", "request"):
+            self.resets.labels(cause)
+        self.tick_seconds = Histogram(
+            "slotwatch_tick_duration_seconds", "Wall time of one engine tick (routing, step, scoring).", buckets=TICK_BUCKETS, registry=r
+        )
+        self.batch_fill = Histogram(
+            "slotwatch_batch_fill_ratio", "Readings per tick divided by the slot count B.", buckets=FILL_BUCKETS, registry=r
+        )
+        self.slots_in_use = Gauge("slotwatch_slots_in_use", "Slots holding a sensor.", registry=r)
+        self.slots_capacity = Gauge("slotwatch_slots_capacity", "Slots of the model batch (B).", registry=r)
+        self.sensors_known = Gauge("slotwatch_sensors_known", "Sensors with state held by this worker.", registry=r)
+        self.page_ins = Counter("slotwatch_page_ins_total", "Sensor states paged into a slot.", registry=r)
+        self.page_outs = Counter("slotwatch_page_outs_total", "Sensor states paged out of a slot.", registry=r)
+        self.checkpoint_seconds = Histogram(
+            "slotwatch_checkpoint_duration_seconds", "Time to write one checkpoint round (all partitions).", buckets=CHECKPOINT_BUCKETS, registry=r
+        )
+        self.checkpoint_bytes = Gauge("slotwatch_checkpoint_size_bytes", "Bytes written by the last checkpoint round.", registry=r)
+        self.checkpoint_last = Gauge(
+            "slotwatch_checkpoint_last_success_timestamp_seconds", "Unix time of the last durable checkpoint.", registry=r
+        )
+        self.checkpoint_age = Gauge("slotwatch_checkpoint_age_seconds", "Seconds since the last durable checkpoint.", registry=r)
+        self.checkpoint_age.set_function(self._checkpoint_age)
+        self.checkpoint_failures = Counter("slotwatch_checkpoint_failures_total", "Checkpoint rounds that failed.", registry=r)
+        self.checkpoint_fallbacks = Counter(
+            "slotwatch_checkpoint_fallbacks_total", "Restores that skipped a corrupt newest checkpoint.", registry=r
+        )
+        self.committed_offset = Gauge(
+            "slotwatch_committed_offset", "Last offset committed to Kafka, per input partition.", ["partition"], registry=r
+        )
+        self.lag = Gauge("slotwatch_consumer_lag", "Readings behind the partition end, per input partition.", ["partition"], registry=r)
+        self.latency = Histogram(
+            "slotwatch_end_to_end_latency_seconds", "From the reading's timestamp to its score.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.model = Info("slotwatch_model", "The model artifact in use.", registry=r)
+        self.ready = Gauge("slotwatch_ready", "1 when /readyz answers ready.", registry=r)
+        self.broker_up = Gauge("slotwatch_broker_up", "1 when the last broker call succeeded.", registry=r)
+        self.start_time = Gauge("slotwatch_start_time_seconds", "Unix time the worker started.", registry=r)
+        self.start_time.set(time.time())
+
+    def _checkpoint_age(self) -> float:
+        last = self.checkpoint_last._value.get()  # noqa: SLF001 - prometheus_client keeps it here
+        return 0.0 if last == 0 else max(0.0, time.time() - last)
+
+
+#: every metric family name the worker exposes (for deploy/ checks)
+def metric_names() -> set[str]:
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client import generate_latest
+
+    m = Metrics()
+    names = set()
+    for fam in text_string_to_metric_families(generate_latest(m.registry).decode()):
+        for s in fam.samples:
+            names.add(s.name)
+    return names
