@@ -1,0 +1,150 @@
+"""Bytes of the Kafka topics <-> the core's values.  Pure: no Kafka, no I/O.
+
+Input (readings topic, value; the key is only used for partitioning)::
+
+    {"sensor_id": "pump-17", "ts": "2026-11-20T10:00:00Z", "values": {"temp": 71.2}}
+
+``ts`` may be epoch milliseconds; ``"value": 71.2`` is accepted for one-feature models;
+``"reset": true`` restarts the sensor's sequence before this reading.  Anything wrong
+becomes a :class:`~worker.core.readings.Rejection` with a reason code, never an exception.
+
+>>> c = ReadingCodec(["temp"], max_bytes=1024)
+>>> r = c.decode(b'{"sensor_id": "p1", "ts": 1000, "value": 71.5}', partition=0, offset=7)
+>>> r.sensor_id, r.ts_ms, r.values.tolist(), r.offset
+('p1', 1000, [71.5], 7)
+>>> c.decode(b'{"sensor_id": "p1", "ts": 1000, "values": {"temp": NaN}}').reason
+'non_finite'
+>>> c.decode(b'\\xff').reason
+'not_json'
+
+Output: :func:`encode_score` is the one place a score becomes bytes, so a duplicate
+published after a restart carries exactly the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from worker.core.readings import BadTimestamp, Reading, Rejection, Score, format_ts, parse_ts
+
+_NUMBER = (int, float)
+
+
+class ReadingCodec:
+    """Decode readings for a model with ``features`` (in artifact order)."""
+
+    def __init__(self, features: list[str], max_bytes: int = 65536) -> None:
+        self.features = list(features)
+        self.max_bytes = int(max_bytes)
+
+    def decode(self, raw: bytes | None, partition: int = -1, offset: int = -1) -> Reading | Rejection:
+        def reject(reason: str, detail: str, sid: str | None = None) -> Rejection:
+            return Rejection(reason, detail, sid, partition, offset, raw)
+
+        if raw is None:
+            return reject("not_json", "empty message (null value)")
+        if len(raw) > self.max_bytes:
+            return reject("too_large", f"{len(raw)} bytes, limit {self.max_bytes}")
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            return reject("not_json", f"not UTF-8: {e.reason} at byte {e.start}")
+        except (json.JSONDecodeError, RecursionError) as e:
+            return reject("not_json", f"not JSON: {e}")
+        if not isinstance(obj, dict):
+            return reject("not_object", f"JSON {type(obj).__name__}, expected an object")
+        sid = obj.get("sensor_id")
+        if not isinstance(sid, str) or not sid.strip():
+            shown = "missing" if sid is None else f"{sid!r} is not a non-empty string"
+            return reject("missing_sensor_id", f"sensor_id {shown}")
+        if "ts" not in obj:
+            return reject("bad_timestamp", "ts missing", sid)
+        try:
+            ts_ms = parse_ts(obj["ts"])
+        except BadTimestamp as e:
+            return reject("bad_timestamp", str(e), sid)
+        values = obj.get("values")
+        if values is None and "value" in obj:
+            if len(self.features) != 1:
+                return reject("missing_feature", f"'value' given, but the model takes {self.features}", sid)
+            values = {self.features[0]: obj["value"]}
+        if not isinstance(values, dict):
+            return reject("missing_feature", f"no 'values' object with {self.features}", sid)
+        out = np.empty(len(self.features), np.float64)
+        for k, name in enumerate(self.features):
+            if name not in values:
+                return reject("missing_feature", f"feature {name!r} missing", sid)
+            v = values[name]
+            if isinstance(v, bool) or not isinstance(v, _NUMBER):
+                return reject("non_numeric", f"feature {name!r} is {v!r}", sid)
+            try:
+                fv = float(v)
+            except OverflowError:
+                return reject("non_finite", f"feature {name!r} overflows a float", sid)
+            if not math.isfinite(fv):
+                return reject("non_finite", f"feature {name!r} is {v!r}", sid)
+            out[k] = fv
+        reset = obj.get("reset", False) is True
+        return Reading(sid, ts_ms, out, partition=partition, offset=offset, reset=reset)
+
+
+def encode_reading(sensor_id: str, ts: str | int, values: dict[str, float], reset: bool = False) -> bytes:
+    """The bytes of one reading as producers should send it (used by the demo, tests and benchmarks).
+
+    >>> encode_reading("p1", 1000, {"temp": 1.5})
+    b'{"sensor_id":"p1","ts":1000,"values":{"temp":1.5}}'
+    """
+    d: dict = {"sensor_id": sensor_id, "ts": ts, "values": values}
+    if reset:
+        d["reset"] = True
+    return json.dumps(d, separators=(",", ":")).encode("utf-8")
+
+
+def score_dict(s: Score, features: list[str], model_version: str) -> dict:
+    """The JSON object of a score (scores and anomalies topics)."""
+    return {
+        "sensor_id": s.sensor_id,
+        "ts": format_ts(s.ts_ms),
+        "ts_ms": int(s.ts_ms),
+        "score": float(s.score),
+        "error": float(s.error),
+        "is_anomaly": bool(s.is_anomaly),
+        "threshold": float(s.threshold),
+        "model_version": model_version,
+        "warming_up": bool(s.warming_up),
+        "values": {f: float(v) for f, v in zip(features, s.values)},
+        "expected": {f: float(v) for f, v in zip(features, s.expected)},
+        "partition": int(s.partition),
+        "offset": int(s.offset),
+    }
+
+
+def encode_score(s: Score, features: list[str], model_version: str) -> bytes:
+    """Deterministic bytes of a score: same score, same bytes.
+
+    >>> s = Score("p1", 0, 0.5, 1.25, False, 0.999, True, np.array([1.0]), np.array([0.75]), 0, 3)
+    >>> encode_score(s, ["temp"], "v1")[:60]
+    b'{"sensor_id":"p1","ts":"1970-01-01T00:00:00.000Z","ts_ms":0,'
+    """
+    return json.dumps(score_dict(s, features, model_version), separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def dead_letter_headers(rej: Rejection, source_topic: str) -> list[tuple[str, bytes]]:
+    """Kafka headers of a dead-letter message (its value is the original bytes).
+
+    >>> dict(dead_letter_headers(Rejection("late", "old", "p1", 2, 40), "readings"))["reason"]
+    b'late'
+    """
+    h = [
+        ("reason", rej.reason.encode()),
+        ("detail", rej.detail.encode("utf-8", "replace")[:1000]),
+        ("source_topic", source_topic.encode()),
+        ("source_partition", str(rej.partition).encode()),
+        ("source_offset", str(rej.offset).encode()),
+    ]
+    if rej.sensor_id is not None:
+        h.append(("sensor_id", rej.sensor_id.encode("utf-8", "replace")))
+    return h
