@@ -111,6 +111,11 @@ class CheckpointSettings(BaseModel):
     interval_s: float = Field(30.0, gt=0, description="Checkpoint at least this often (seconds)...")
     interval_readings: int = Field(100_000, gt=0, description="...or after this many readings, whichever first.")
     generations: int = Field(3, ge=2, description="Checkpoint generations kept per partition.")
+    allow_fresh_start: bool = Field(
+        False,
+        description="A partition whose checkpoints are all unusable (corrupt, or of another model version): "
+        "start its sensors fresh from the checkpointed offset instead of refusing to start.",
+    )
 
 
 class MetricsSettings(BaseModel):
