@@ -214,7 +214,7 @@ def test_multivariate_reading_is_one_step(artifact_3f):
     out = det.process(readings_for(data, ["m0", "m1"]))
     assert len(out) == 60 and det.stats.ticks == 30
     assert all(r.expected.shape == (3,) for r in out)
-    with pytest.raises(ValueError, match="model takes"):
+    with pytest.raises(ValueError, match="the model takes 3"):
         det.process([Reading("m0", 10**9, np.array([1.0, 2.0]))])
 
 

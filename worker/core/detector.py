@@ -29,7 +29,7 @@ import numpy as np
 from worker.core.artifact import Artifact
 from worker.core.engine import SlotEngine
 from worker.core.readings import Reading, Rejection, Score
-from worker.core.router import NoFreeSlot, SlotRouter
+from worker.core.router import SlotRouter
 from worker.core.scorer import ScorerParams, feature_errors, reading_error, score_step
 from worker.state.table import NO_TS, StateTable
 
@@ -103,10 +103,11 @@ class SlotDetector:
         last_ts = table.cols["last_ts"]
         groups: dict[str, list[int]] = {}
         pending_ts: dict[str, int] = {}
+        nf = self.n_features
         for i, r in enumerate(readings):
             sid = r.sensor_id
-            if r.values.shape != (self.n_features,):
-                raise ValueError(f"reading of {sid} has {r.values.shape} values, model takes ({self.n_features},)")
+            if len(r.values) != nf:
+                raise ValueError(f"reading of {sid} has {len(r.values)} values, the model takes {nf}")
             prev = pending_ts.get(sid)
             if prev is None:
                 row = table.index.get(sid)
@@ -125,8 +126,9 @@ class SlotDetector:
         rnd = 0
         order = list(groups)
         while order:
-            slotted = [s for s in order if s in self.router]
-            fresh = [s for s in order if s not in self.router]
+            sos = self.router.slot_of_sensor
+            slotted = [s for s in order if s in sos]
+            fresh = [s for s in order if s not in sos]
             todo = slotted + fresh
             for start in range(0, len(todo), self.slots):
                 chunk = todo[start : start + self.slots]
@@ -143,38 +145,42 @@ class SlotDetector:
     def _tick(self, chunk: list[str], idx: list[int], readings: Sequence[Reading], out: list) -> None:
         table, router, engine = self.table, self.router, self.engine
         c = table.cols
-        pinned = set(chunk)
-        rows = np.empty(len(chunk), np.int64)
-        slots = np.empty(len(chunk), np.int64)
-        keep = np.ones(len(chunk), bool)
+        index = table.index
+        sos = router.slot_of_sensor
+        n0 = len(chunk)
+        rows = np.empty(n0, np.int64)
+        slots = np.empty(n0, np.int64)
+        fresh_pos: list[int] = []
+        for j, sid in enumerate(chunk):
+            row = index.get(sid)
+            if row is None:
+                row = self._new_sensor(sid, readings[idx[j]].partition)
+            rows[j] = row
+            slot = sos.get(sid)
+            if slot is None:
+                fresh_pos.append(j)
+                slot = -1
+            slots[j] = slot
+        keep = np.ones(n0, bool)
         out_rows: list[int] = []
         out_slots: list[int] = []
         in_rows: list[int] = []
         in_slots: list[int] = []
-        for j, sid in enumerate(chunk):
-            row = table.index.get(sid)
-            if row is None:
-                row = self._new_sensor(sid, readings[idx[j]].partition)
-            rows[j] = row
-            slot = router.slot_of(sid)
-            if slot is not None:
-                router.touch(sid)
-            else:
-                try:
-                    slot, victim = router.acquire(sid, pinned)
-                except NoFreeSlot as e:
+        if fresh_pos:
+            got = router.acquire_many([chunk[j] for j in fresh_pos], slots[slots >= 0])
+            for j, g in zip(fresh_pos, got):
+                if g is None:
                     r = readings[idx[j]]
-                    out[idx[j]] = Rejection("no_free_slot", str(e), sid, r.partition, r.offset)
+                    out[idx[j]] = Rejection("no_free_slot", f"all {self.slots} slots are taken", r.sensor_id, r.partition, r.offset)
                     keep[j] = False
-                    slots[j] = -1
                     continue
+                slot, victim = g
+                slots[j] = slot
                 if victim is not None:
-                    vrow = table.index[victim]
-                    out_rows.append(vrow)
+                    out_rows.append(index[victim])
                     out_slots.append(slot)
-                in_rows.append(row)
+                in_rows.append(int(rows[j]))
                 in_slots.append(slot)
-            slots[j] = slot
         if out_rows:  # page out before the slots are overwritten
             orow = np.array(out_rows)
             c["state"][orow] = engine.read_state(np.array(out_slots))
@@ -190,10 +196,13 @@ class SlotDetector:
             idx = [i for i, k in zip(idx, keep) if k]
         if len(rows) == 0:
             return
+        router.touch_slots(slots)
         batch = [readings[i] for i in idx]
         n = len(batch)
-        ts = np.fromiter((r.ts_ms for r in batch), np.int64, n)
-        x = np.stack([r.values for r in batch]).astype(np.float64, copy=False)
+        ts = np.fromiter([r.ts_ms for r in batch], np.int64, n)
+        x = np.array([r.values for r in batch], dtype=np.float64)
+        if x.shape != (n, self.n_features):
+            raise ValueError(f"readings have values of shape {x.shape[1:]}, the model takes ({self.n_features},)")
 
         # sequence boundaries: explicit reset, or a gap longer than max_gap
         count = c["count"][rows]
@@ -263,11 +272,9 @@ class SlotDetector:
         st.slot_fill += n
         st.anomalies += int(anom.sum())
         thr = self.params.threshold
-        for j, (i, r) in enumerate(zip(idx, batch)):
-            out[i] = Score(
-                r.sensor_id, r.ts_ms, float(score[j]), float(err[j]), bool(anom[j]), thr, bool(warming[j]),
-                r.values, expected[j], r.partition, r.offset, r.label,
-            )
+        # plain Python values in one go: indexing numpy scalars per reading costs more
+        for i, r, sc, e, an, wu, ex in zip(idx, batch, score.tolist(), err.tolist(), anom.tolist(), warming.tolist(), expected):
+            out[i] = Score(r.sensor_id, r.ts_ms, sc, e, an, thr, wu, r.values, ex, r.partition, r.offset, r.label)
 
     # ------------------------------------------------------------------ state
     def _new_sensor(self, sensor_id: str, partition: int) -> int:
