@@ -131,19 +131,22 @@ class Manifest:
             raise ArtifactError(f"calibration.residual_std has {len(self.calibration.residual_std)} values for {f} features")
 
 
-def build_network(n_features: int, units: list[int], batch_size: int | None = None, stateful: bool = False, seed: int | None = None):
+def build_network(n_features: int, units: list[int], batch_size: int | None = None, stateful: bool = False, seed: int | None = None,
+                  steps: int | None = 1):
     """The slotwatch network: stacked LSTMs and a Dense ``head`` predicting the next reading.
 
     ``batch_size=None, stateful=False`` gives the sequence form used for training and
     saving; ``batch_size=B, stateful=True`` gives the streaming form used by the engine
     (``keras.Input(batch_shape=(B, 1, F))``).  Weights are interchangeable between forms.
+    ``steps`` (stateful form only) is the time length of one batch: 1 for the engine,
+    a chunk length for stateful training (truncated back-propagation through time).
     """
     import keras
 
     if stateful:
         if batch_size is None:
             raise ValueError("a stateful network needs a fixed batch size")
-        inp = keras.Input(batch_shape=(batch_size, 1, n_features), name="readings")
+        inp = keras.Input(batch_shape=(batch_size, steps, n_features), name="readings")
     else:
         inp = keras.Input(shape=(None, n_features), batch_size=batch_size, name="readings")
     x = inp
