@@ -63,3 +63,13 @@ def artifact_1f(models_dir) -> Path:
 def artifact_3f(models_dir) -> Path:
     """Three features, two stacked LSTM layers."""
     return make_artifact(models_dir, ["temp", "rpm", "vib"], [12, 8])
+
+
+@pytest.fixture(scope="session")
+def kafka_broker():
+    """A Kafka-protocol broker for the whole session (embedded tansu, or SLOTWATCH_TEST_BOOTSTRAP)."""
+    from tests.broker import start_test_broker
+
+    broker, stop = start_test_broker()
+    yield broker
+    stop()
