@@ -1,0 +1,106 @@
+"""What every benchmark shares: the machine's description, timing, and writing results.
+
+Results go to ``benchmarks/results/<machine>-<date>[-<suite>].json`` (plus ``.md`` and
+``.png`` where a suite draws one).  Each JSON records the machine (cores, CPU model,
+memory), the versions of Python/TensorFlow/Keras/numpy, and the settings of the run, so a
+figure is never read without knowing where it came from.  Every speed figure is measured
+next to its baseline in the same run: compare ratios across machines, not absolutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict:
+    mem = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    info = {
+        "host": socket.gethostname(),
+        "cores": os.cpu_count(),
+        "cpu": cpu_model(),
+        "memory_gib": mem,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    try:
+        import numpy
+
+        info["numpy"] = numpy.__version__
+    except ImportError:
+        pass
+    try:
+        import keras
+        import tensorflow as tf
+
+        info["tensorflow"] = tf.__version__
+        info["keras"] = keras.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def machine_tag() -> str:
+    return f"{os.cpu_count()}core-" + "".join(c if c.isalnum() else "-" for c in cpu_model().split("@")[0].strip())[:40].strip("-")
+
+
+def result_path(suite: str, ext: str = "json") -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    return RESULTS / f"{machine_tag()}-{date}-{suite}.{ext}"
+
+
+def write_results(suite: str, data: dict) -> Path:
+    data = {"suite": suite, "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(), **data}
+    p = result_path(suite)
+    p.write_text(json.dumps(data, indent=2, default=float))
+    return p
+
+
+class Timer:
+    """``with Timer() as t: ...; t.seconds``"""
+
+    def __enter__(self) -> "Timer":
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.t0
+
+
+def md_table(rows: list[dict], cols: list[str]) -> str:
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c, "")
+            if isinstance(v, float):
+                v = f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+            elif isinstance(v, int):
+                v = f"{v:,}"
+            cells.append(str(v))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)

@@ -1,0 +1,209 @@
+"""Engine benchmark: readings/s of the scoring core against what a user would do instead.
+
+For each batch size B and LSTM width, in one run:
+
+* **core** — :class:`SlotDetector.process` on full ticks (routing, scaling, the compiled
+  step, scoring, result objects), B sensors with one reading each per tick, fed in
+  poll-sized chunks;
+* **step** — the compiled step alone on the same shapes, so ``around / step`` says what
+  the Python around it costs;
+* **(a) predict per reading** — ``model.predict`` on a batch-1 stateful model, once per
+  reading (the pattern in the seed articles);
+* **(b) stateless window** — a stateless copy of the network re-scoring the last 64
+  readings for every reading, batched 256 windows per compiled call.
+
+Run: ``python -m benchmarks.engine [--quick]`` (or ``make bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+from benchmarks.common import Timer, md_table, result_path, write_results
+
+
+def _artifact(units: int, f: int):
+    from worker.core.artifact import Artifact, Calibration, Manifest, Scaling, build_network
+
+    net = build_network(f, [units], seed=0)
+    m = Manifest(f"bench-u{units}", [f"x{i}" for i in range(f)], [units], Scaling([0.0] * f, [1.0] * f), Calibration())
+    return Artifact(None, m, net)
+
+
+def bench_core(slots: int, units: int, f: int = 1, min_seconds: float = 1.0, max_ticks: int = 400) -> dict:
+    from worker.core.detector import SlotDetector
+    from worker.core.readings import Reading
+
+    det = SlotDetector(_artifact(units, f), slots=slots)
+    rng = np.random.default_rng(0)
+    ids = [f"sensor-{i}" for i in range(slots)]
+
+    def make(ticks: int, t0: int) -> list:
+        vals = rng.normal(size=(ticks, slots, f))
+        return [Reading(ids[s], (t0 + t) * 1000, vals[t, s]) for t in range(ticks) for s in range(slots)]
+
+    det.process(make(3, 0))  # trace, allocate, fill every slot
+    # size the run from a probe so every config takes about min_seconds
+    probe = make(3, 3)
+    with Timer() as t:
+        det.process(probe)
+    ticks = int(np.clip(min_seconds / max(t.seconds / 3, 1e-6), 10, max_ticks))
+    data = make(ticks, 6)
+    chunk = slots * max(4, -(-2000 // slots))  # whole ticks per poll-sized chunk
+    ticks_before = det.stats.ticks
+    with Timer() as t:
+        for start in range(0, len(data), chunk):
+            det.process(data[start : start + chunk])
+    assert det.stats.ticks - ticks_before == ticks, "every tick should be full"
+    tick_s = t.seconds / ticks
+    x = np.zeros((slots, 1, f), np.float32)
+    mask = np.ones(slots, bool)
+    det.engine.step(x, mask)
+    with Timer() as t:
+        for _ in range(ticks):
+            det.engine.step(x, mask)
+    step_s = t.seconds / ticks
+    return {
+        "slots": slots,
+        "units": units,
+        "ticks": ticks,
+        "core_readings_per_s": slots / tick_s,
+        "tick_us": tick_s * 1e6,
+        "step_us": step_s * 1e6,
+        "around_us": (tick_s - step_s) * 1e6,
+        "around_over_step": (tick_s - step_s) / step_s,
+    }
+
+
+def bench_predict_per_reading(units: int, f: int = 1, n: int = 60) -> dict:
+    from worker.core.artifact import build_network
+
+    model = build_network(f, [units], batch_size=1, stateful=True, seed=0)
+    x = np.zeros((1, 1, f), np.float32)
+    model.predict(x, verbose=0)
+    with Timer() as t:
+        for i in range(n):
+            x[0, 0, 0] = np.sin(i)
+            model.predict(x, verbose=0)
+    return {"units": units, "calls": n, "readings_per_s": n / t.seconds, "ms_per_reading": t.seconds / n * 1e3}
+
+
+def bench_stateless_window(units: int, f: int = 1, window: int = 64, batch: int = 256, min_seconds: float = 1.0) -> dict:
+    import tensorflow as tf
+
+    from worker.core.artifact import build_network
+
+    model = build_network(f, [units], seed=0)
+    call = tf.function(lambda w: model(w, training=False)[:, -1, :]).get_concrete_function(
+        tf.TensorSpec((batch, window, f), tf.float32)
+    )
+    rng = np.random.default_rng(0)
+    series = rng.normal(size=(batch, window + 400, f)).astype(np.float32)
+    call(tf.constant(series[:, :window]))
+    calls = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < min_seconds or calls < 5:
+        k = calls % 400
+        w = series[:, k : k + window]  # every reading re-scores its last `window` readings
+        call(tf.constant(w)).numpy()
+        calls += 1
+    dt = time.perf_counter() - t0
+    return {"units": units, "window": window, "batch": batch, "calls": calls, "readings_per_s": calls * batch / dt}
+
+
+def chart(rows: list[dict], base_a: dict, base_b: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    units = sorted({r["units"] for r in rows})
+    slots = sorted({r["slots"] for r in rows})
+    fig, ax = plt.subplots(figsize=(9, 5))
+    width = 0.8 / len(units)
+    for k, u in enumerate(units):
+        ys = [next((r["core_readings_per_s"] for r in rows if r["units"] == u and r["slots"] == b), 0) for b in slots]
+        xs = np.arange(len(slots)) + k * width
+        ax.bar(xs, ys, width, label=f"slotwatch core, units {u}")
+        ax.hlines(base_b[u]["readings_per_s"], xs[0] - width / 2, xs[-1] + width / 2, colors="gray", linestyles="--")
+        ax.hlines(base_a[u]["readings_per_s"], xs[0] - width / 2, xs[-1] + width / 2, colors="red", linestyles=":")
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(slots)) + width * (len(units) - 1) / 2)
+    ax.set_xticklabels([f"B={b}" for b in slots])
+    ax.set_ylabel("readings / s (log)")
+    ax.set_title("Scoring core vs. baselines (dashed: stateless 64-window, dotted: predict per reading)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(quick: bool = False, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    slots_grid = [64, 256, 1024] if quick else [64, 256, 1024, 4096]
+    units_grid = [64] if quick else [32, 64, 128]
+    min_s = 0.5 if quick else 1.5
+    base_a, base_b, rows = {}, {}, []
+    configs = [(b, u) for u in units_grid for b in slots_grid]
+    bar = tqdm(total=len(configs) + 2 * len(units_grid), desc="engine bench", unit="cfg", disable=not progress)
+    for u in units_grid:
+        base_a[u] = bench_predict_per_reading(u, n=30 if quick else 60)
+        bar.update()
+        base_b[u] = bench_stateless_window(u, min_seconds=min_s)
+        bar.update()
+    for b, u in configs:
+        r = bench_core(b, u, min_seconds=min_s)
+        r["x_predict_per_reading"] = r["core_readings_per_s"] / base_a[u]["readings_per_s"]
+        r["x_stateless_window"] = r["core_readings_per_s"] / base_b[u]["readings_per_s"]
+        rows.append(r)
+        bar.set_postfix_str(f"B={b} u={u}: {r['core_readings_per_s']:,.0f}/s")
+        bar.update()
+    bar.close()
+    targets = {}
+    ref = next((r for r in rows if r["slots"] == 256 and r["units"] == 64), None)
+    if ref:
+        targets = {
+            "x_predict_per_reading_at_B256_u64": {"target": 1000, "measured": ref["x_predict_per_reading"], "met": ref["x_predict_per_reading"] >= 1000},
+            "x_stateless_window_at_B256_u64": {"target": 20, "measured": ref["x_stateless_window"], "met": ref["x_stateless_window"] >= 20},
+            "around_over_step_at_B256_u64": {"target": 1.0, "measured": ref["around_over_step"], "met": ref["around_over_step"] <= 1.0},
+        }
+    return {"settings": {"quick": quick, "features": 1, "window": 64}, "baseline_predict_per_reading": base_a,
+            "baseline_stateless_window": base_b, "core": rows, "targets": targets}
+
+
+def report(res: dict) -> str:
+    cols = ["slots", "units", "core_readings_per_s", "step_us", "around_us", "around_over_step", "x_predict_per_reading", "x_stateless_window"]
+    lines = ["## Engine: readings/s of the scoring core vs. baselines (same run)", "", md_table(res["core"], cols), ""]
+    lines.append("Baselines (readings/s): " + ", ".join(
+        f"units {u}: predict per reading {res['baseline_predict_per_reading'][u]['readings_per_s']:.1f}, "
+        f"stateless 64-window {res['baseline_stateless_window'][u]['readings_per_s']:,.0f}"
+        for u in res["baseline_predict_per_reading"]))
+    lines.append("")
+    for name, t in res.get("targets", {}).items():
+        lines.append(f"- {name}: target {t['target']}, measured {t['measured']:.2f} — {'met' if t['met'] else 'MISSED'}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.engine", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a smaller grid (B up to 1024, units 64)")
+    args = p.parse_args(argv)
+    res = run(quick=args.quick)
+    path = write_results("engine", res)
+    md = report(res)
+    result_path("engine", "md").write_text(md)
+    chart(res["core"], res["baseline_predict_per_reading"], res["baseline_stateless_window"], result_path("engine", "png"))
+    print(md)
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
