@@ -1,0 +1,117 @@
+"""Helpers of the worker tests: settings for a test worker, a worker running in a thread,
+readings as Kafka messages, the reference (uninterrupted, in-process) run."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from tests.broker import FAST_GROUP
+from worker.codec import encode_reading
+from worker.settings import Settings
+
+STEP_MS = 60_000
+T0 = 1_795_168_800_000
+
+
+def worker_settings(broker, topics: dict, model: Path, ckpt: Path, **over) -> Settings:
+    kafka = dict(
+        bootstrap_servers=broker.bootstrap,
+        readings_topic=topics["readings"],
+        scores_topic=topics["scores"],
+        anomalies_topic=topics["anomalies"],
+        dead_letter_topic=topics["dead"],
+        publish_scores=True,
+        group_id=f"g-{uuid.uuid4().hex[:8]}",
+        poll_timeout_ms=100,
+        retry_backoff_ms=200,
+        **FAST_GROUP,
+    )
+    kafka.update(over.pop("kafka", {}))
+    model_s = dict(path=str(model), slots=8)
+    model_s.update(over.pop("model", {}))
+    ck = dict(dir=str(ckpt), interval_s=30.0)
+    ck.update(over.pop("checkpoint", {}))
+    return Settings(kafka=kafka, model=model_s, checkpoint=ck, metrics={"host": "127.0.0.1", "port": 0},
+                    shutdown_grace_s=20.0, **over)
+
+
+def fleet_messages(data: np.ndarray, ids: list[str], features: list[str], t0: int = T0, start: int = 0):
+    """(key, value) of readings in time order: every sensor at step t, then t+1."""
+    out = []
+    n, steps, _ = data.shape
+    for t in range(start, steps):
+        for i in range(n):
+            vals = {f: float(data[i, t, k]) for k, f in enumerate(features)}
+            out.append((ids[i].encode(), encode_reading(ids[i], t0 + t * STEP_MS, vals)))
+    return out
+
+
+def partition_by_index(n_partitions: int):
+    return lambda key: int(key.decode().lstrip("s").split("-")[-1]) % n_partitions
+
+
+class RunningWorker:
+    """A :class:`worker.app.Worker` in a thread (``stop()`` returns its exit code)."""
+
+    def __init__(self, settings: Settings, artifact=None) -> None:
+        from worker.app import Worker
+
+        self.worker = Worker(settings, artifact=artifact)
+        self.code = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.code = self.worker.run()
+
+    @property
+    def metrics(self):
+        return self.worker.metrics
+
+    def wait_consumed(self, n: int, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.metrics.consumed._value.get() >= n:  # noqa: SLF001
+                return
+            if not self.thread.is_alive():
+                raise AssertionError(f"worker exited with {self.code}")
+            time.sleep(0.05)
+        raise AssertionError(f"worker consumed {self.metrics.consumed._value.get()} of {n} in {timeout} s")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        self.worker.request_stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "worker did not stop"
+        return self.code
+
+
+def reference_detector(artifact, settings: Settings, readings):
+    """The uninterrupted run: one in-process detector over all readings."""
+    from worker.core.detector import SlotDetector
+
+    s = settings.model
+    det = SlotDetector(artifact, slots=s.slots, when_full=s.when_full, max_gap_ms=int(s.max_gap_s * 1000),
+                       threshold=s.threshold, warmup=s.warmup, recent=s.recent_readings)
+    results = []
+    for start in range(0, len(readings), 500):
+        results += det.process(readings[start : start + 500])
+    return det, results
+
+
+def final_states(ckpt_dir: Path, topic: str) -> dict:
+    """sensor id -> (state row, count, total) from the newest checkpoint of every partition."""
+    from worker.checkpointing.store import CheckpointStore
+
+    store = CheckpointStore(ckpt_dir, topic)
+    out = {}
+    for p in store.partitions():
+        ck = store.load(p)
+        cols = ck.columns
+        for k, sid in enumerate(cols["sensor_id"]):
+            out[str(sid)] = (cols["state"][k], int(cols["count"][k]), int(cols["total"][k]))
+    return out

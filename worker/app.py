@@ -1,0 +1,586 @@
+"""``slotwatch run``: the worker.  Kafka readings -> codec -> scoring core -> Kafka outputs,
+with per-partition checkpoints so that a crash loses nothing and applies nothing twice.
+
+The pieces (each its own module):
+
+* source: a kafka-python consumer in a group (:mod:`worker.kafka.clients`), manual commits;
+* codec: bytes -> :class:`~worker.core.readings.Reading` or a rejection (:mod:`worker.codec`);
+* core: :class:`~worker.core.detector.SlotDetector`, one call per poll (a poll's readings
+  become ticks of at most B sensors);
+* sinks: anomalies topic, scores topic (``SLOTWATCH_KAFKA__PUBLISH_SCORES``), dead-letter
+  topic (original bytes, reason/detail/source headers);
+* checkpoints: :class:`~worker.checkpointing.store.CheckpointStore`;
+* metrics and health: :mod:`worker.metrics`, :mod:`worker.health`.
+
+Order of a checkpoint round: produce -> flush (every output acknowledged) -> write each
+partition's checkpoint durably -> commit the checkpoints' next offsets.  So output is
+at-least-once, and state and offsets never run ahead of the output.
+
+On assignment a partition's newest valid checkpoint is loaded and the consumer seeks to
+its next offset; a reading at or below the partition's last applied offset is skipped
+(``slotwatch_readings_skipped_total``), never applied twice.  On revocation the partition
+is flushed, checkpointed and committed, then its sensors are dropped.  On SIGTERM/SIGINT
+the worker finishes the batch in hand, checkpoints, commits, closes and exits 0 within
+``SLOTWATCH_SHUTDOWN_GRACE_S``.
+
+Counting: ``consumed = scored + rejected + skipped`` (every message taken from the topic is
+exactly one of those).
+
+A checkpoint written with another model version than the loaded artifact is refused
+(exit code 3, naming both versions) unless ``SLOTWATCH_CHECKPOINT__ALLOW_FRESH_START`` is
+true; then that partition's sensors start fresh (warm-up again) from the checkpointed
+offset.  The same applies when every generation of a partition's checkpoint is corrupt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+HELP = "consume readings from Kafka, score them, publish anomalies, checkpoint state (the worker)"
+
+log = logging.getLogger("slotwatch.worker")
+
+EXIT_OK = 0
+EXIT_CONFIG = 2  # bad settings or artifact
+EXIT_CHECKPOINT = 3  # checkpoint does not fit (model version) or is unreadable
+EXIT_GRACE = 4  # shutdown did not finish within the grace period
+
+
+class FatalCheckpointError(RuntimeError):
+    pass
+
+
+class Worker:
+    """The worker loop.  ``run()`` blocks until :meth:`request_stop` (or a signal in ``main``).
+
+    Tests run it in a thread with their own :class:`~worker.metrics.Metrics`.
+    """
+
+    def __init__(self, settings, metrics=None, artifact=None) -> None:
+        from worker.checkpointing.store import CheckpointStore
+        from worker.codec import ReadingCodec
+        from worker.core import artifact as art
+        from worker.core.detector import SlotDetector
+        from worker.metrics import Metrics
+
+        self.settings = s = settings
+        self.metrics = m = metrics or Metrics()
+        self.artifact = artifact or art.load(s.model.path, features=s.model.features)
+        mf = self.artifact.manifest
+        self.features = list(mf.features)
+        self.model_version = mf.model_version
+        self.detector = SlotDetector(
+            self.artifact,
+            slots=s.model.slots,
+            when_full=s.model.when_full,
+            max_gap_ms=int(s.model.max_gap_s * 1000),
+            threshold=s.model.threshold,
+            warmup=s.model.warmup,
+            recent=s.model.recent_readings,
+        )
+        self.codec = ReadingCodec(self.features, s.kafka.max_message_bytes)
+        self.topic = s.kafka.readings_topic
+        self.store = CheckpointStore(s.checkpoint.dir, self.topic, s.checkpoint.generations, on_fallback=self._on_fallback)
+        m.model.info({"model_version": self.model_version, "features": ",".join(self.features),
+                      "units": ",".join(map(str, mf.units)), "path": str(self.artifact.path)})
+        m.slots_capacity.set(self.detector.slots)
+        self.health = None
+        self.consumer = None
+        self.producer = None
+        # per input partition
+        self.applied: dict[int, int] = {}  # last offset applied (or skipped as already applied)
+        self.restored: set[int] = set()  # partitions whose state is loaded and owned
+        self.checkpointed: dict[int, int] = {}  # next_offset of the last durable checkpoint
+        self.outbox: list[list] = []  # [future|None, topic, key, value, headers, kind]
+        self.since_checkpoint = 0
+        self.last_checkpoint = time.monotonic()
+        self._stop = threading.Event()
+        self._closing = False
+        self._fatal: BaseException | None = None
+        self._stats = self._stats_snapshot()
+        self._last_probe = 0.0
+        self._last_process_s = 0.0
+
+    # ------------------------------------------------------------------ control
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _ready_checks(self, broker: bool | None = None) -> None:
+        h = self.health
+        if broker is not None:
+            self.metrics.broker_up.set(1 if broker else 0)
+            if h:
+                h.set_check("broker_reachable", broker)
+        if h:
+            assigned = self._assigned()
+            h.set_check("partitions_assigned", bool(assigned))
+            h.set_check("checkpoint_restored", bool(assigned) and assigned <= self.restored)
+
+    def _assigned(self) -> set[int]:
+        if self.consumer is None:
+            return set()
+        try:
+            return {tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic}
+        except Exception:  # noqa: BLE001
+            return set()
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> int:
+        from kafka import TopicPartition  # noqa: F401 - fail early when kafka-python is missing
+
+        from worker.health import HealthServer
+        from worker.kafka.clients import make_consumer, make_producer
+
+        s = self.settings
+        if self.health is None:
+            self.health = HealthServer(self.metrics, s.metrics.host, s.metrics.port).start()
+        self.health.set_check("model_loaded", True)
+        self._ready_checks(broker=False)
+        backoff = s.kafka.retry_backoff_ms / 1000
+        while self.producer is None or self.consumer is None:
+            try:
+                if self.producer is None:
+                    self.producer = make_producer(s.kafka, max_block_ms=10_000)
+                if self.consumer is None:
+                    self.consumer = make_consumer(s.kafka)
+            except Exception as e:  # noqa: BLE001 - NoBrokersAvailable and friends
+                log.warning("cannot reach the brokers at %s (%s); retrying in %.1f s", s.kafka.bootstrap_servers, e, backoff)
+                if self._stop.wait(backoff):
+                    return self._close(EXIT_OK)
+                backoff = min(backoff * 2, 30.0)
+        self.consumer.subscribe([self.topic], listener=_Listener(self))
+        log.info("worker started: model %s, %d slots, reading %s as group %s", self.model_version,
+                 self.detector.slots, self.topic, s.kafka.group_id)
+        code = EXIT_OK
+        poll_ms = s.kafka.poll_timeout_ms
+        backoff = s.kafka.retry_backoff_ms / 1000
+        while not self._stop.is_set():
+            try:
+                batch = self.consumer.poll(timeout_ms=poll_ms, max_records=s.kafka.max_poll_records)
+            except Exception as e:  # noqa: BLE001
+                if self._fatal is not None:
+                    break
+                log.warning("poll failed (%s); retrying in %.1f s", e, backoff)
+                self._ready_checks(broker=False)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if self._fatal is not None:
+                break
+            backoff = s.kafka.retry_backoff_ms / 1000
+            if batch:
+                self._handle(batch)
+            self._maybe_checkpoint()
+            self._maybe_probe()
+        if self._fatal is not None:
+            log.error("%s", self._fatal)
+            code = EXIT_CHECKPOINT
+        return self._close(code)
+
+    def _close(self, code: int) -> int:
+        s = self.settings
+        deadline = time.monotonic() + s.shutdown_grace_s * 0.8
+        if self.consumer is not None and self.restored:
+            if self._checkpoint(sorted(self.restored), deadline=deadline, sync_commit=True):
+                log.info("final checkpoint written and committed", extra={"partitions": sorted(self.restored)})
+            else:
+                log.error("final checkpoint not written (output not acknowledged); a restart replays from the previous one")
+        self._closing = True
+        if self.consumer is not None:
+            try:
+                self.consumer.close(autocommit=False, timeout_ms=max(100, int((deadline - time.monotonic()) * 1000)))
+            except Exception as e:  # noqa: BLE001
+                log.warning("consumer close: %s", e)
+        if self.producer is not None:
+            try:
+                self.producer.close(timeout=max(0.1, deadline - time.monotonic()))
+            except Exception as e:  # noqa: BLE001
+                log.warning("producer close: %s", e)
+        if self.health is not None:
+            self.health.stop()
+        log.info("worker stopped", extra={"exit_code": code})
+        return code
+
+    # ------------------------------------------------------------------ one poll
+    def _handle(self, batch) -> None:
+        from worker.core.readings import Rejection, Score
+
+        m = self.metrics
+        readings, origin = [], []
+        rejects = []  # (Rejection, raw bytes)
+        n_consumed = 0
+        n_skipped = 0
+        for tp, records in batch.items():
+            p = tp.partition
+            if tp.topic != self.topic or p not in self.restored:
+                continue  # not ours (any more): not consumed, the next owner reads it
+            last = self.applied.get(p, -1)
+            for rec in records:
+                n_consumed += 1
+                if rec.offset <= last:
+                    n_skipped += 1
+                    continue
+                last = rec.offset
+                r = self.codec.decode(rec.value, p, rec.offset)
+                if isinstance(r, Rejection):
+                    rejects.append((r, rec.value))
+                else:
+                    readings.append(r)
+                    origin.append(rec.value)
+            self.applied[p] = last
+        m.consumed.inc(n_consumed)
+        if n_skipped:
+            m.skipped.inc(n_skipped)
+            log.info("skipped %d readings already applied (replay after a restart)", n_skipped)
+        t0 = time.perf_counter()
+        results = self.detector.process(readings) if readings else []
+        self._last_process_s = time.perf_counter() - t0
+        now = time.time()
+        kafka = self.settings.kafka
+        n_scored = 0
+        lat = m.latency
+        for r, raw in zip(results, origin):
+            if isinstance(r, Score):
+                n_scored += 1
+                lat.observe(max(0.0, now - r.ts_ms / 1000))
+                if r.is_anomaly or kafka.publish_scores:
+                    from worker.codec import encode_score
+
+                    value = encode_score(r, self.features, self.model_version)
+                    key = r.sensor_id.encode("utf-8")
+                    if kafka.publish_scores:
+                        self._send(kafka.scores_topic, key, value, None, "score")
+                    if r.is_anomaly:
+                        self._send(kafka.anomalies_topic, key, value, None, "anomaly")
+                        log.info("anomaly: score %.6f", r.score,
+                                 extra={"sensor_id": r.sensor_id, "partition": r.partition, "offset": r.offset})
+            else:
+                rejects.append((r, raw))
+        m.scored.inc(n_scored)
+        for rej, raw in rejects:
+            self._dead_letter(rej, raw)
+        self._update_core_metrics()
+        self.since_checkpoint += n_consumed
+
+    def _dead_letter(self, rej, raw: bytes | None) -> None:
+        from worker.codec import dead_letter_headers
+
+        self.metrics.rejected.labels(rej.reason).inc()
+        key = rej.sensor_id.encode("utf-8") if rej.sensor_id else None
+        self._send(self.settings.kafka.dead_letter_topic, key, raw if raw is not None else b"",
+                   dead_letter_headers(rej, self.topic), "dead_letter")
+        log.warning("rejected reading (%s): %s", rej.reason, rej.detail,
+                    extra={"sensor_id": rej.sensor_id, "partition": rej.partition, "offset": rej.offset, "reason": rej.reason})
+
+    def _stats_snapshot(self) -> tuple:
+        st = self.detector.stats
+        return (st.ticks, st.readings, st.page_ins, st.page_outs, st.resets_gap, st.resets_request, st.anomalies)
+
+    def _update_core_metrics(self) -> None:
+        m, det = self.metrics, self.detector
+        new = self._stats_snapshot()
+        old, self._stats = self._stats, new
+        ticks, reads, pin, pout, rgap, rreq, anom = (a - b for a, b in zip(new, old))
+        if ticks:
+            fill = reads / ticks / det.slots
+            per_tick = self._last_process_s / ticks  # the core ticks inside one call: the mean per tick
+            for _ in range(ticks):
+                m.batch_fill.observe(fill)
+                m.tick_seconds.observe(per_tick)
+        m.page_ins.inc(pin)
+        m.page_outs.inc(pout)
+        m.resets.labels("gap").inc(rgap)
+        m.resets.labels("request").inc(rreq)
+        m.anomalies.inc(anom)
+        m.slots_in_use.set(len(det.router))
+        m.sensors_known.set(det.table.n_rows)
+
+    # ------------------------------------------------------------------ output
+    def _send(self, topic: str, key, value: bytes, headers, kind: str) -> None:
+        item = [None, topic, key, value, headers, kind]
+        try:
+            item[0] = self.producer.send(topic, key=key, value=value, headers=headers)
+        except Exception as e:  # noqa: BLE001 - metadata timeout while the broker is away: retried in _deliver
+            log.warning("produce to %s failed (%s); will retry", topic, e)
+        self.outbox.append(item)
+
+    def _deliver(self, deadline: float | None = None) -> bool:
+        """Flush the producer until every output since the last round is acknowledged.
+
+        Failed sends are re-sent with backoff (at-least-once).  False when ``deadline``
+        (monotonic) passes first, or the worker is asked to stop during an outage.
+        """
+        backoff = self.settings.kafka.retry_backoff_ms / 1000
+        published = self.metrics.published
+        while True:
+            try:
+                self.producer.flush(timeout=10.0)
+            except Exception as e:  # noqa: BLE001 - KafkaTimeoutError
+                log.warning("flush did not complete: %s", e)
+            retry, pending = [], []
+            for item in self.outbox:
+                fut = item[0]
+                if fut is None or (fut.is_done and fut.failed()):
+                    retry.append(item)
+                elif not fut.is_done:
+                    pending.append(item)
+                else:
+                    published.labels(item[5]).inc()
+            self.outbox = retry + pending
+            if not self.outbox:
+                return True
+            self._ready_checks(broker=False)
+            log.warning("%d outputs not acknowledged yet; retrying in %.1f s", len(self.outbox), backoff)
+            if deadline is not None and time.monotonic() + backoff > deadline:
+                return False
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+            for item in retry:
+                try:
+                    item[0] = self.producer.send(item[1], key=item[2], value=item[3], headers=item[4])
+                except Exception as e:  # noqa: BLE001
+                    item[0] = None
+                    log.warning("re-send to %s failed (%s)", item[1], e)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _maybe_checkpoint(self) -> None:
+        c = self.settings.checkpoint
+        due = self.since_checkpoint >= c.interval_readings or (
+            self.since_checkpoint > 0 and time.monotonic() - self.last_checkpoint >= c.interval_s
+        )
+        if due and self.restored:
+            self._checkpoint(sorted(self.restored))
+
+    def _checkpoint(self, partitions, *, deadline: float | None = None, sync_commit: bool = True) -> bool:
+        """Flush outputs, write the partitions' checkpoints durably, then commit their offsets."""
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        from worker.checkpointing.format import Checkpoint
+
+        m = self.metrics
+        if not self._deliver(deadline):
+            return False
+        t0 = time.perf_counter()
+        total = 0
+        offsets = {}
+        try:
+            for p in partitions:
+                nxt = self.applied.get(p, -1) + 1
+                if nxt <= 0:
+                    continue  # nothing applied and no checkpoint: nothing to save
+                if self.checkpointed.get(p) != nxt:
+                    cols = self.detector.export_partition(p)
+                    ck = Checkpoint(p, nxt, self.model_version, cols,
+                                    meta={"topic": self.topic, "client_id": self.settings.kafka.client_id})
+                    _, n = self.store.save(ck)
+                    total += n
+                    self.checkpointed[p] = nxt
+                offsets[TopicPartition(self.topic, p)] = OffsetAndMetadata(nxt, f"slotwatch {self.model_version}", -1)
+        except OSError as e:
+            m.checkpoint_failures.inc()
+            log.error("checkpoint failed: %s (offsets not committed; retried next round)", e)
+            return False
+        dt = time.perf_counter() - t0
+        m.checkpoint_seconds.observe(dt)
+        if total:
+            m.checkpoint_bytes.set(total)
+        m.checkpoint_last.set(time.time())
+        self.since_checkpoint = 0
+        self.last_checkpoint = time.monotonic()
+        if offsets:
+            self._commit(offsets, sync=sync_commit)
+        return True
+
+    def _commit(self, offsets, sync: bool) -> None:
+        m = self.metrics
+        try:
+            if sync:
+                self.consumer.commit(offsets)
+            else:  # inside a rebalance callback (the consumer's IO thread): must not block
+                self.consumer.commit_async(offsets)
+        except Exception as e:  # noqa: BLE001 - the checkpoint already holds the offset; next round commits again
+            log.warning("offset commit failed (%s); the checkpoint holds the offsets, committing again next round", e)
+            self._ready_checks(broker=False)
+            return
+        for tp, om in offsets.items():
+            m.committed_offset.labels(str(tp.partition)).set(om.offset)
+
+    def _maybe_probe(self, every_s: float = 5.0) -> None:
+        """Every few seconds: end offsets of our partitions -> lag, and whether the broker answers."""
+        now = time.monotonic()
+        if now - self._last_probe < every_s:
+            return
+        self._last_probe = now
+        from kafka import TopicPartition
+
+        tps = [TopicPartition(self.topic, p) for p in sorted(self.restored)]
+        try:
+            ends = self.consumer.end_offsets(tps, timeout_ms=2000) if tps else {}
+            if not tps:
+                self.consumer.topics()  # touches the cluster, raises when unreachable
+        except Exception as e:  # noqa: BLE001
+            log.warning("broker not answering (%s)", e)
+            self._ready_checks(broker=False)
+            return
+        for tp, end in ends.items():
+            self.metrics.lag.labels(str(tp.partition)).set(max(0, end - (self.applied.get(tp.partition, -1) + 1)))
+        self._ready_checks(broker=True)
+
+    def _on_fallback(self, partition: int, path: Path, why: str) -> None:
+        self.metrics.checkpoint_fallbacks.inc()
+
+    # ------------------------------------------------------------------ rebalance (called inside poll)
+    def on_assigned(self, tps) -> None:
+        from worker.checkpointing.format import CorruptCheckpoint
+
+        allow = self.settings.checkpoint.allow_fresh_start
+        for tp in sorted(tps):
+            if tp.topic != self.topic or tp.partition in self.restored:
+                continue
+            p = tp.partition
+            try:
+                ck = self.store.load(p)
+            except CorruptCheckpoint as e:
+                if not allow:
+                    self._fatal = FatalCheckpointError(
+                        f"{e}. Refusing to start: fix or remove the folder, or set "
+                        "SLOTWATCH_CHECKPOINT__ALLOW_FRESH_START=true to start this partition's sensors fresh "
+                        "from the committed offset.")
+                    return
+                log.error("partition %d: every checkpoint is corrupt; starting it fresh (allow_fresh_start)", p,
+                          extra={"partition": p})
+                ck = None
+            if ck is not None and ck.model_version != self.model_version:
+                if not allow:
+                    self._fatal = FatalCheckpointError(
+                        f"partition {p}: checkpoint {self.store.generations(p)[0]} was written with model "
+                        f"{ck.model_version!r}, the loaded artifact is {self.model_version!r}. Its h/c state does not fit "
+                        "the new weights. Refusing to start: point SLOTWATCH_MODEL__PATH at the old artifact, or set "
+                        "SLOTWATCH_CHECKPOINT__ALLOW_FRESH_START=true to start this partition's sensors fresh (warm-up "
+                        "again) from the checkpointed offset.")
+                    return
+                log.warning("partition %d: checkpoint of model %s, artifact %s: sensors start fresh at offset %d",
+                            p, ck.model_version, self.model_version, ck.next_offset,
+                            extra={"partition": p, "offset": ck.next_offset})
+                self.applied[p] = ck.next_offset - 1
+                self.consumer.seek(tp, ck.next_offset)
+            elif ck is not None:
+                n = self.detector.import_partition(ck.columns) if ck.n_sensors else 0
+                self.applied[p] = ck.next_offset - 1
+                self.checkpointed[p] = ck.next_offset
+                self.consumer.seek(tp, ck.next_offset)
+                log.info("partition %d restored: %d sensors, resuming at offset %d", p, n, ck.next_offset,
+                         extra={"partition": p, "offset": ck.next_offset})
+            else:
+                self.applied[p] = -1
+                log.info("partition %d: no checkpoint, starting from the committed offset (or the beginning)", p,
+                         extra={"partition": p})
+            self.restored.add(p)
+        self._update_core_metrics()
+        self._ready_checks()
+
+    def on_revoked(self, tps, lost: bool = False) -> None:
+        if self._closing:
+            return
+        parts = sorted(tp.partition for tp in tps if tp.topic == self.topic and tp.partition in self.restored)
+        if not parts:
+            return
+        if lost:
+            log.warning("partitions %s lost (evicted from the group); dropping their state unsaved, the next owner "
+                        "replays from the last checkpoint", parts)
+        else:
+            ok = self._checkpoint(parts, deadline=time.monotonic() + 10.0, sync_commit=False)
+            log.info("partitions %s revoked%s", parts, "" if ok else " (checkpoint failed; next owner replays)")
+        for p in parts:
+            self.detector.drop_partition(p)
+            self.restored.discard(p)
+            self.applied.pop(p, None)
+            self.checkpointed.pop(p, None)
+            try:
+                self.metrics.lag.remove(str(p))
+            except KeyError:
+                pass
+        self._update_core_metrics()
+        self._ready_checks()
+
+
+def _Listener(worker: Worker):
+    from kafka import ConsumerRebalanceListener
+
+    class Listener(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked):
+            worker.on_revoked(revoked)
+
+        def on_partitions_assigned(self, assigned):
+            worker.on_assigned(assigned)
+
+        def on_partitions_lost(self, lost):
+            worker.on_revoked(lost, lost=True)
+
+    return Listener()
+
+
+# ---------------------------------------------------------------------- command
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=None, help="artifact directory (overrides SLOTWATCH_MODEL__PATH)")
+    p.add_argument("--bootstrap", default=None, help="host:port[,...] (overrides SLOTWATCH_KAFKA__BOOTSTRAP_SERVERS)")
+    p.add_argument("--create-topics", type=int, default=0, metavar="PARTITIONS",
+                   help="create missing topics with this many partitions before starting (0: don't)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from worker.core.artifact import ArtifactError
+    from worker.logs import setup_logging
+    from worker.settings import Settings
+
+    try:
+        settings = Settings.load()
+    except Exception as e:  # noqa: BLE001 - pydantic ValidationError: say which setting
+        logging.basicConfig()
+        log.error("bad settings: %s", e)
+        return EXIT_CONFIG
+    if args.model is not None:
+        settings.model.path = args.model
+    if args.bootstrap:
+        settings.kafka.bootstrap_servers = args.bootstrap
+    setup_logging(settings.log)
+    if args.create_topics:
+        from worker.kafka.clients import ensure_topics
+
+        k = settings.kafka
+        made = ensure_topics(k, {t: args.create_topics for t in (k.readings_topic, k.scores_topic, k.anomalies_topic, k.dead_letter_topic)})
+        if made:
+            log.info("created topics %s", made)
+    try:
+        worker = Worker(settings)
+    except ArtifactError as e:
+        log.error("%s", e)
+        return EXIT_CONFIG
+
+    def _stop(signum, _frame):
+        log.info("signal %s: finishing the batch, checkpointing, committing", signal.Signals(signum).name)
+        worker.request_stop()
+        # the grace period is a promise: if shutting down hangs, leave anyway
+        t = threading.Timer(settings.shutdown_grace_s, _overdue)
+        t.daemon = True
+        t.start()
+
+    def _overdue():
+        log.error("shutdown took longer than %.0f s; exiting without a final checkpoint", settings.shutdown_grace_s)
+        logging.shutdown()
+        os._exit(EXIT_GRACE)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    return worker.run()
