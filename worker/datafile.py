@@ -1,7 +1,8 @@
 """Reading files (CSV or Parquet): the one place that knows their format.
 
 Columns: ``sensor_id``, ``ts`` (ISO-8601 or epoch milliseconds), one column per feature,
-and optionally ``label`` (1 = inside an anomaly window).  Used by ``slotwatch replay``,
+and optionally ``label`` (1 = inside an anomaly window) and ``anomaly_kind`` (what the
+simulator injected there; kept for per-kind evaluation).  Used by ``slotwatch replay``,
 ``train``, ``evaluate`` and ``simulate``.
 """
 
@@ -14,7 +15,7 @@ import pandas as pd
 
 from worker.core.readings import Reading
 
-RESERVED = ("sensor_id", "ts", "label")
+RESERVED = ("sensor_id", "ts", "label", "anomaly_kind")
 
 
 class DataFileError(ValueError):
@@ -84,6 +85,8 @@ def load_readings(path: str | Path, features: list[str] | None = None, *, sort: 
         out[f] = col.astype(np.float64)  # empty cells stay NaN; callers decide (replay rejects, train refuses)
     if "label" in df.columns:
         out["label"] = pd.to_numeric(df["label"], errors="coerce").fillna(0).astype(np.int8)
+    if "anomaly_kind" in df.columns:
+        out["anomaly_kind"] = df["anomaly_kind"].fillna("").astype(str).to_numpy()
     if sort:
         out = out.sort_values("ts_ms", kind="stable").reset_index(drop=True)
     return out, list(features)
