@@ -91,8 +91,11 @@ def main(args: argparse.Namespace) -> int:
     from worker.logs import setup_logging
     from worker.settings import Settings
 
+    from worker.runtime import tune_gc
+
     settings = Settings.load()
     setup_logging(settings.log)
+    tune_gc()
     try:
         a = art.load(args.model)
         df, features = load_readings(args.data, a.manifest.features)

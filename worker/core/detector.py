@@ -62,7 +62,7 @@ class SlotDetector:
         threshold: float | None = None,
         warmup: int | None = None,
         recent: int = 16,
-        jit_compile: bool = False,
+        jit_compile: bool = True,
     ) -> None:
         m = artifact.manifest
         m.validate()

@@ -30,7 +30,7 @@ class SlotEngine:
     True
     """
 
-    def __init__(self, weights: list[np.ndarray], n_features: int, units: list[int], slots: int, jit_compile: bool = False) -> None:
+    def __init__(self, weights: list[np.ndarray], n_features: int, units: list[int], slots: int, jit_compile: bool = True) -> None:
         import tensorflow as tf
 
         self.slots = slots
