@@ -1,12 +1,12 @@
 """Process-wide runtime tuning for long-running slotwatch processes (worker, replay, benchmarks).
 
-Called once at the edge (a command's ``main``), never by the core.
+Called once at the edge (a command's ``main``), never by the core. TensorFlow's thread
+pools are set by :mod:`worker.tf_threads`.
 """
 
 from __future__ import annotations
 
 import gc
-import os
 
 
 def tune_gc() -> None:
@@ -22,19 +22,3 @@ def tune_gc() -> None:
     gc.freeze()
     gc.set_threshold(50_000, 50, 1000)
 
-
-def tf_threads() -> tuple[int, int]:
-    """Apply TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS (0 = TensorFlow's default)."""
-    intra = int(os.environ.get("TF_NUM_INTRAOP_THREADS", "0") or 0)
-    inter = int(os.environ.get("TF_NUM_INTEROP_THREADS", "0") or 0)
-    if intra or inter:
-        import tensorflow as tf
-
-        try:
-            if intra:
-                tf.config.threading.set_intra_op_parallelism_threads(intra)
-            if inter:
-                tf.config.threading.set_inter_op_parallelism_threads(inter)
-        except RuntimeError:  # already initialised: too late to change, keep going
-            pass
-    return intra, inter
