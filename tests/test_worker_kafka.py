@@ -33,7 +33,7 @@ def _scores(records):
 def _fleet(n=8, steps=40, seed=5, spike=True):
     data = sine_fleet(n, steps, 1, seed=seed)
     if spike:
-        data[3, 30, 0] += 12.0  # an anomaly to find
+        data[3, steps * 3 // 4, 0] += 12.0  # an anomaly to find
     return data, [f"s{i}" for i in range(n)]
 
 
@@ -74,3 +74,149 @@ def test_end_to_end_scores_equal_replay(kafka_broker, art1, artifact_1f, tmp_pat
     assert sorted((a["sensor_id"], a["ts_ms"]) for a in anomalies) == sorted(
         (r.sensor_id, int(r.ts)) for r in ref.itertuples() if r.is_anomaly)
     assert all(a["is_anomaly"] for a in anomalies)
+
+
+def _bad_messages() -> list[tuple[bytes | None, bytes, str]]:
+    """(key, value, expected reason) for every class of bad input the codec rejects."""
+    ok = lambda sid, t, v: json.dumps({"sensor_id": sid, "ts": T0 + t * STEP_MS, "values": {"temp": v}}).encode()  # noqa: E731
+    return [
+        (b"s0", b"{not json", "not_json"),
+        (b"s0", b"\xff\xfe\x00garbage", "not_json"),
+        (b"s0", b"[1, 2, 3]", "not_object"),
+        (None, json.dumps({"ts": T0, "values": {"temp": 1.0}}).encode(), "missing_sensor_id"),
+        (b"s1", json.dumps({"sensor_id": "s1", "ts": "yesterday", "values": {"temp": 1.0}}).encode(), "bad_timestamp"),
+        (b"s1", json.dumps({"sensor_id": "s1", "ts": T0, "values": {"rpm": 1.0}}).encode(), "missing_feature"),
+        (b"s2", json.dumps({"sensor_id": "s2", "ts": T0, "values": {"temp": "hot"}}).encode(), "non_numeric"),
+        (b"s2", b'{"sensor_id": "s2", "ts": 1795168800000, "values": {"temp": NaN}}', "non_finite"),
+        (b"s2", b'{"sensor_id": "s2", "ts": 1795168800000, "values": {"temp": 1e999}}', "non_finite"),
+        (b"s3", ok("s3", 0, 0.5)[:-1] + b', "pad": "' + b"x" * 2000 + b'"}', "too_large"),
+        (b"s0", ok("s0", 0, 0.1), "late"),  # older than s0's last applied reading
+        (b"s9", ok("s9", 20, 0.1), "no_free_slot"),  # slots are all taken, when_full=reject
+    ]
+
+
+def test_bad_input_goes_to_dead_letter_and_worker_carries_on(kafka_broker, art1, artifact_1f, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    data, ids = _fleet(n=4, steps=30, spike=False)
+    topics = kafka_broker.topics("dlq", partitions=1)
+    good1 = fleet_messages(data[:, :20], ids, ["temp"])
+    bad = _bad_messages()
+    good2 = fleet_messages(data, ids, ["temp"], start=20)
+    msgs = good1 + [(k, v) for k, v, _ in bad] + good2
+    kafka_broker.produce(topics["readings"], msgs)
+    s = worker_settings(kafka_broker, topics, artifact_1f, tmp_path / "ck",
+                        kafka={"max_message_bytes": 1024}, model={"slots": 4, "when_full": "reject"})
+    w = RunningWorker(s, artifact=art1)
+    w.wait_consumed(len(msgs))
+    port = w.worker.health.port
+    # /metrics over HTTP, parsed by prometheus-client's parser: the counters add up
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    val = lambda name: sum(x.value for x in fams[name].samples if x.name.endswith("_total"))  # noqa: E731
+    rejected = {x.labels["reason"]: x.value for x in fams["slotwatch_readings_rejected"].samples if x.name.endswith("_total")}
+    consumed, scored, skipped = val("slotwatch_readings_consumed"), val("slotwatch_readings_scored"), val("slotwatch_readings_skipped")
+    assert consumed == len(msgs)
+    assert consumed == scored + sum(rejected.values()) + skipped
+    assert scored == len(good1) + len(good2)
+    expected_reasons = {}
+    for _, _, r in bad:
+        expected_reasons[r] = expected_reasons.get(r, 0) + 1
+    assert {k: v for k, v in rejected.items() if v} == expected_reasons
+    ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
+    assert ready.status == 200 and json.loads(ready.read())["ready"] is True
+    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status == 200
+    hist = fams["slotwatch_tick_duration_seconds"]
+    assert [x.value for x in hist.samples if x.name.endswith("_count")][0] > 0
+    assert w.stop() == 0
+
+    dead = kafka_broker.read_all(topics["dead"], expect=len(bad))
+    assert len(dead) == len(bad)
+    first_bad = len(good1)
+    for rec, (key, value, reason) in zip(sorted(dead, key=lambda r: int(dict(r.headers)["source_offset"])), bad):
+        h = dict(rec.headers)
+        assert h["reason"].decode() == reason, (h, value[:60])
+        assert rec.value == value  # the original bytes
+        assert h["source_topic"].decode() == topics["readings"]
+        assert int(h["source_partition"]) == 0
+        assert int(h["source_offset"]) == first_bad + bad.index((key, value, reason))
+        assert h["detail"]
+    # the worker carried on: every good reading after the bad ones was scored
+    scores = _scores(kafka_broker.read_all(topics["scores"], expect=len(good1) + len(good2)))
+    assert {(x["sensor_id"], x["ts_ms"]) for x in scores} == {
+        (k.decode(), json.loads(v)["ts"]) for k, v in good1 + good2}
+
+
+def test_restart_resumes_from_checkpoint(kafka_broker, art1, artifact_1f, tmp_path):
+    data, ids = _fleet(n=12, steps=30, seed=11)
+    topics = kafka_broker.topics("restart", partitions=3)
+    part = partition_by_index(3)
+    first = fleet_messages(data[:, :18], ids, ["temp"])
+    second = fleet_messages(data, ids, ["temp"], start=18)
+    s = worker_settings(kafka_broker, topics, artifact_1f, tmp_path / "ck", model={"slots": 5})  # paging too
+    kafka_broker.produce(topics["readings"], first, part)
+    w = RunningWorker(s, artifact=art1)
+    w.wait_consumed(len(first))
+    assert w.stop() == 0
+    kafka_broker.produce(topics["readings"], second, part)
+    w = RunningWorker(s, artifact=art1)
+    w.wait_consumed(len(second))
+    m = w.metrics
+    assert m.consumed._value.get() == len(second)  # resumed at the checkpoint, nothing read again
+    assert w.stop() == 0
+
+    scores = _scores(kafka_broker.read_all(topics["scores"], expect=len(first) + len(second)))
+    keys = [(x["partition"], x["offset"]) for x in scores]
+    assert len(keys) == len(set(keys)) == len(first) + len(second)  # none skipped, none twice
+    codec = ReadingCodec(["temp"])
+    readings = [codec.decode(v) for _, v in first + second]
+    ref, _ = reference_detector(art1, s, readings)
+    states = final_states(tmp_path / "ck", topics["readings"])
+    assert sorted(states) == sorted(ids)
+    for sid, (state, count, total) in states.items():
+        np.testing.assert_allclose(state, ref.sensor_state(sid), atol=1e-6)
+        assert total == 30
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous(kafka_broker, art1, artifact_1f, tmp_path):
+    from worker.checkpointing.store import CheckpointStore
+
+    data, ids = _fleet(n=6, steps=30, seed=12)
+    topics = kafka_broker.topics("corrupt", partitions=1)
+    parts = [fleet_messages(data[:, :10], ids, ["temp"]),
+             fleet_messages(data[:, :20], ids, ["temp"], start=10),
+             fleet_messages(data, ids, ["temp"], start=20)]
+    s = worker_settings(kafka_broker, topics, artifact_1f, tmp_path / "ck")
+    store = CheckpointStore(tmp_path / "ck", topics["readings"])
+    for k in range(2):
+        kafka_broker.produce(topics["readings"], parts[k])
+        w = RunningWorker(s, artifact=art1)
+        w.wait_consumed(len(parts[k]))
+        assert w.stop() == 0
+    gens = store.generations(0)
+    assert len(gens) == 2
+    blob = bytearray(gens[0].read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # a flipped byte in the newest generation
+    gens[0].write_bytes(bytes(blob))
+
+    kafka_broker.produce(topics["readings"], parts[2])
+    w = RunningWorker(s, artifact=art1)
+    w.wait_consumed(len(parts[1]) + len(parts[2]))  # replays from the older checkpoint
+    assert w.metrics.checkpoint_fallbacks._value.get() == 1
+    assert w.stop() == 0
+
+    every = parts[0] + parts[1] + parts[2]
+    codec = ReadingCodec(["temp"])
+    ref, results = reference_detector(art1, s, [codec.decode(v) for _, v in every])
+    states = final_states(tmp_path / "ck", topics["readings"])
+    for sid in ids:
+        np.testing.assert_allclose(states[sid][0], ref.sensor_state(sid), atol=1e-6)
+        assert states[sid][2] == 30
+    # the replayed part was published twice, with identical bytes
+    recs = kafka_broker.read_all(topics["scores"], expect=len(every) + len(parts[1]))
+    by_offset: dict[int, set] = {}
+    for r in recs:
+        by_offset.setdefault(json.loads(r.value)["offset"], set()).add(r.value)
+    assert len(by_offset) == len(every)
+    assert all(len(v) == 1 for v in by_offset.values())
+    assert sum(1 for r in recs) == len(every) + len(parts[1])

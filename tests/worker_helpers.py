@@ -18,7 +18,7 @@ STEP_MS = 60_000
 T0 = 1_795_168_800_000
 
 
-def worker_settings(broker, topics: dict, model: Path, ckpt: Path, **over) -> Settings:
+def worker_settings(broker, topics: dict, model_path: Path, ckpt: Path, **over) -> Settings:
     kafka = dict(
         bootstrap_servers=broker.bootstrap,
         readings_topic=topics["readings"],
@@ -32,7 +32,7 @@ def worker_settings(broker, topics: dict, model: Path, ckpt: Path, **over) -> Se
         **FAST_GROUP,
     )
     kafka.update(over.pop("kafka", {}))
-    model_s = dict(path=str(model), slots=8)
+    model_s = dict(path=str(model_path), slots=8)
     model_s.update(over.pop("model", {}))
     ck = dict(dir=str(ckpt), interval_s=30.0)
     ck.update(over.pop("checkpoint", {}))

@@ -238,7 +238,6 @@ class Worker:
                     readings.append(r)
                     origin.append(rec.value)
             self.applied[p] = last
-        m.consumed.inc(n_consumed)
         if n_skipped:
             m.skipped.inc(n_skipped)
             log.info("skipped %d readings already applied (replay after a restart)", n_skipped)
@@ -270,6 +269,7 @@ class Worker:
         for rej, raw in rejects:
             self._dead_letter(rej, raw)
         self._update_core_metrics()
+        m.consumed.inc(n_consumed)  # last, so that a scrape never sees consumed > scored + rejected + skipped
         self.since_checkpoint += n_consumed
 
     def _dead_letter(self, rej, raw: bytes | None) -> None:
