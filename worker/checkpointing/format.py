@@ -89,36 +89,42 @@ def encode(ck: Checkpoint) -> bytes:
     parts = [MAGIC, struct.pack("<I", len(header)), header] + [memoryview(a).cast("B") if a.nbytes else b"" for _, a in arrays]
     for p in parts:
         h.update(p)
-    return b"".join([bytes(p) for p in parts] + [h.digest()])
+    parts.append(h.digest())
+    return b"".join(parts)
 
 
 def decode(blob: bytes) -> Checkpoint:
     if len(blob) < len(MAGIC) + 4 + _DIGEST or not blob.startswith(MAGIC):
         raise CorruptCheckpoint("not a slotwatch checkpoint (bad magic or too short)")
-    body, digest = blob[:-_DIGEST], blob[-_DIGEST:]
+    view = memoryview(blob)
+    body, digest = view[:-_DIGEST], bytes(view[-_DIGEST:])
     if hashlib.sha256(body).digest() != digest:
         raise CorruptCheckpoint("checksum mismatch (torn or corrupt checkpoint)")
     (hlen,) = struct.unpack_from("<I", body, len(MAGIC))
     start = len(MAGIC) + 4
     try:
-        header = json.loads(body[start : start + hlen].decode("utf-8"))
+        header = json.loads(bytes(body[start : start + hlen]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CorruptCheckpoint(f"unreadable header: {e}") from None
-    data = memoryview(body)[start + hlen :]
+    data = body[start + hlen :]
     raw: dict[str, np.ndarray] = {}
     for s in header["arrays"]:
         a = np.frombuffer(data[s["offset"] : s["offset"] + s["nbytes"]], dtype=np.dtype(s["dtype"]))
-        raw[s["name"]] = a.reshape(s["shape"]).copy()
+        raw[s["name"]] = a.reshape(s["shape"])  # read-only views of the blob; importing copies them
     cols: dict[str, np.ndarray] = {}
     if "sensor_id.len" in raw:
         lens = raw.pop("sensor_id.len")
         buf = raw.pop("sensor_id.utf8").tobytes()
-        ids = np.empty(len(lens), dtype=object)
-        pos = 0
-        for i, n in enumerate(lens.tolist()):
-            ids[i] = buf[pos : pos + n].decode("utf-8")
-            pos += n
-        cols["sensor_id"] = ids
+        ends = np.cumsum(lens).tolist()
+        starts = [0] + ends[:-1]
+        if buf.isascii():  # byte offsets are character offsets: slice one decoded string
+            text = buf.decode("ascii")
+            ids = [text[a:b] for a, b in zip(starts, ends)]
+        else:
+            ids = [buf[a:b].decode("utf-8") for a, b in zip(starts, ends)]
+        arr = np.empty(len(ids), dtype=object)
+        arr[:] = ids
+        cols["sensor_id"] = arr
     cols.update(raw)
     return Checkpoint(
         partition=int(header["partition"]),

@@ -94,12 +94,34 @@ class StateTable:
             self._grow(self._cap * 2)
         self.ids.append(sensor_id)
         self.index[sensor_id] = r
-        self.clear_rows(np.array([r]))
-        self.cols["slot"][r] = -1
-        self.cols["partition"][r] = partition
-        self.cols["total"][r] = 0
-        self.cols["last_offset"][r] = -1
+        self._init_rows(slice(r, r + 1), partition)
         return r
+
+    def add_many(self, sensor_ids: list[str], partition: int = -1) -> np.ndarray:
+        """New zeroed rows for sensors not in the table yet; returns their row numbers."""
+        start = len(self.ids)
+        n = len(sensor_ids)
+        if len(set(sensor_ids)) != n or any(s in self.index for s in sensor_ids):
+            raise KeyError("add_many: ids repeat or exist already")
+        if start + n > self._cap:
+            cap = self._cap
+            while cap < start + n:
+                cap *= 2
+            self._grow(cap)
+        self.ids.extend(sensor_ids)
+        self.index.update(zip(sensor_ids, range(start, start + n)))
+        self._init_rows(slice(start, start + n), partition)
+        return np.arange(start, start + n)
+
+    def _init_rows(self, rows: slice, partition: int) -> None:
+        for col in self.cols.values():
+            col[rows] = 0
+        c = self.cols
+        c["last_ts"][rows] = NO_TS
+        c["recent_ts"][rows] = NO_TS
+        c["slot"][rows] = -1
+        c["partition"][rows] = partition
+        c["last_offset"][rows] = -1
 
     def clear_rows(self, rows: np.ndarray) -> None:
         """Restart rows' sequences: zero state and warm-up, forget time and errors (keeps scaling, offsets)."""
@@ -127,10 +149,11 @@ class StateTable:
     def import_rows(self, data: dict[str, np.ndarray]) -> np.ndarray:
         """Write exported rows back (adding unknown sensors); returns their row numbers."""
         ids = list(data["sensor_id"])
-        rows = np.empty(len(ids), dtype=np.int64)
-        for i, sid in enumerate(ids):
-            r = self.index.get(sid)
-            rows[i] = self.add(sid) if r is None else r
+        index = self.index
+        rows = np.fromiter((index.get(sid, -1) for sid in ids), np.int64, len(ids))
+        new = np.nonzero(rows < 0)[0]
+        if len(new):
+            rows[new] = self.add_many([ids[i] for i in new])
         for name, (_, kind) in COLUMNS.items():
             arr = data[name]
             want = self._shape(kind, len(ids))
