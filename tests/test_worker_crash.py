@@ -85,22 +85,27 @@ def test_kill_9_at_random_moments_loses_nothing_applies_nothing_twice(kafka_brok
     def start():
         return subprocess.Popen([sys.executable, "-m", "worker.cli", "run"], env=env, stdout=log, stderr=log)
 
+    # kill points spread over the whole stream (progress = offsets committed, all partitions),
+    # each followed by a random delay so the kill lands anywhere in the work between checkpoints
+    targets = sorted(rng.sample(range(1000, len(msgs) - 4000), KILLS))
     kills = []
-    for k in range(KILLS):
+    for target in targets:
         p = start()
-        target = rng.randint(300, 6000)  # kill after this many readings in this life
-        deadline = time.monotonic() + 90
-        consumed = 0.0
+        deadline = time.monotonic() + 120
+        progress = 0.0
         while time.monotonic() < deadline:
-            consumed = _scrape(port).get("slotwatch_readings_consumed_total", 0.0)
-            if consumed >= target or p.poll() is not None:
+            m = _scrape(port)
+            progress = sum(v for name, v in m.items() if name.startswith("slotwatch_committed_offset{"))
+            if progress >= target or p.poll() is not None:
                 break
-            time.sleep(rng.uniform(0.01, 0.1))
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.4))
         assert p.poll() is None, f"worker exited early ({p.returncode}); see {tmp_path / 'worker.log'}"
+        consumed = _scrape(port).get("slotwatch_readings_consumed_total", 0.0)
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
-        kills.append(consumed)
-    assert len(kills) == KILLS and all(c > 0 for c in kills), kills
+        kills.append((int(progress), int(consumed)))
+    assert len(kills) == KILLS and all(c > 0 for _, c in kills), kills
 
     # the last life runs to the end of the stream, then SIGTERM
     p = start()
@@ -145,4 +150,4 @@ def test_kill_9_at_random_moments_loses_nothing_applies_nothing_twice(kafka_brok
         d = json.loads(next(iter(vals)))
         r = ref_by[(d["sensor_id"], d["ts_ms"])]
         assert abs(d["score"] - r.score) < 1e-5 and abs(d["error"] - r.error) < 1e-5 * max(1.0, r.error)
-    print(f"kills after {kills} readings; {dups} duplicate outputs")
+    print(f"kills at (committed progress, consumed in that life) {kills}; {dups} duplicate outputs")

@@ -261,7 +261,7 @@ class Worker:
                         self._send(kafka.scores_topic, key, value, None, "score")
                     if r.is_anomaly:
                         self._send(kafka.anomalies_topic, key, value, None, "anomaly")
-                        log.info("anomaly: score %.6f", r.score,
+                        log.debug("anomaly: score %.6f", r.score,
                                  extra={"sensor_id": r.sensor_id, "partition": r.partition, "offset": r.offset})
             else:
                 rejects.append((r, raw))
