@@ -264,15 +264,10 @@ def messages(df: pd.DataFrame, features: Sequence[str]) -> Iterator[tuple[str, d
 
 def produce(df: pd.DataFrame, features: Sequence[str], settings, topic: str | None = None, progress: bool = True) -> int:
     """Send the frame to the readings topic (key: sensor id; record time: the reading's ts)."""
-    from kafka import KafkaProducer
+    from worker.kafka.clients import make_producer
 
-    cfg = kafka_client_config(settings)
-    producer = KafkaProducer(
-        key_serializer=lambda k: k.encode(),
-        value_serializer=lambda v: json.dumps(v, separators=(",", ":")).encode(),
-        linger_ms=20,
-        **cfg,
-    )
+    producer = make_producer(settings.kafka, linger_ms=20, key_serializer=lambda k: k.encode(),
+                             value_serializer=lambda v: json.dumps(v, separators=(",", ":")).encode())
     topic = topic or settings.kafka.readings_topic
     n = 0
     bar = None
@@ -293,24 +288,6 @@ def produce(df: pd.DataFrame, features: Sequence[str], settings, topic: str | No
             bar.close()
         producer.close()
     return n
-
-
-def kafka_client_config(settings) -> dict:
-    """kafka-python connection keywords (bootstrap servers, security) from the settings."""
-    k = settings.kafka
-    sec = k.security
-    cfg: dict = {"bootstrap_servers": [s.strip() for s in k.bootstrap_servers.split(",") if s.strip()],
-                 "security_protocol": sec.protocol, "request_timeout_ms": k.request_timeout_ms}
-    if sec.protocol.startswith("SASL"):
-        cfg.update(sasl_mechanism=sec.sasl_mechanism, sasl_plain_username=sec.sasl_username,
-                   sasl_plain_password=sec.sasl_password.get_secret_value() if sec.sasl_password else None)
-    if sec.protocol.endswith("SSL"):
-        cfg.update(ssl_cafile=str(sec.ssl_cafile) if sec.ssl_cafile else None,
-                   ssl_certfile=str(sec.ssl_certfile) if sec.ssl_certfile else None,
-                   ssl_keyfile=str(sec.ssl_keyfile) if sec.ssl_keyfile else None,
-                   ssl_password=sec.ssl_password.get_secret_value() if sec.ssl_password else None,
-                   ssl_check_hostname=sec.ssl_check_hostname)
-    return cfg
 
 
 def parse_features(text: str | None) -> list[str] | None:

@@ -1,0 +1,512 @@
+"""``slotwatch train``: fit the core's network on sensor history, calibrate its scorer, write an artifact.
+
+Steps (each one logged, the long ones with a progress bar):
+
+1. Read CSV/Parquet files (or a time range of the readings topic with ``--from-kafka``),
+   check them (:mod:`training.fleet`): every sensor's readings in time order, per-sensor
+   scaling from its normal readings, the last ``--val-fraction`` of each sensor's time
+   held out for validation.  Rows labeled anomalous (label = 1) never count in the loss.
+2. Fit the network of :func:`worker.core.artifact.build_network` to predict each next
+   reading.  ``--mode stateful`` (default): a fixed batch of sensors, their sequences cut
+   into chunks fed in time order (shuffle off), states reset between epochs.
+   ``--mode windows``: shuffled fixed-length windows, each from a zero state.
+   Validation loss is measured on the held-out time after every epoch by running the
+   network over each whole sequence (what the worker sees); early stopping keeps the best.
+3. Calibrate the scorer on held-out normal readings (:mod:`training.calibrate`).
+4. Save the artifact ``<out>/<version>`` and move ``<out>/latest`` to it; write a
+   report (loss curves, a validation plot, ``report.json``) in ``<out>/<version>/report``.
+
+The version says when and from what: ``<UTC time>-<data name>-<hash of the data>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from training.fleet import Fleet, TrainingError, prepare_fleet
+
+HELP = "fit and calibrate the model on sensor history (CSV/Parquet or a Kafka time range); write a versioned artifact"
+
+log = logging.getLogger("slotwatch.train")
+
+
+@dataclass
+class TrainConfig:
+    units: list[int] = field(default_factory=lambda: [32])
+    mode: str = "stateful"  # or "windows"
+    epochs: int = 30
+    patience: int = 4
+    seq_len: int = 96  # chunk (stateful) or window (windows) length
+    batch: int = 32  # sensors per batch (stateful) or windows per batch (windows)
+    learning_rate: float = 0.005
+    val_fraction: float = 0.2
+    seed: int = 0
+    warmup: int = 96
+    short_window: int = 4
+    long_window: int = 1000
+    false_alarm_rate: float = 1e-4
+    min_readings: int = 8
+    unsorted: str = "sort"
+    progress: bool = True
+
+
+@dataclass
+class FitResult:
+    net: object
+    history: list[dict]
+    best_epoch: int
+    seconds: float
+
+
+# ----------------------------------------------------------------------------- data
+def load_files(paths: list[Path], features: list[str] | None):
+    """One frame from several reading files (features default to the first file's)."""
+    import pandas as pd
+
+    from worker.datafile import DataFileError, load_readings
+
+    frames = []
+    for p in paths:
+        try:
+            df, feats = load_readings(p, features, sort=False)
+        except DataFileError as e:
+            msg = str(e)
+            if "no column for feature" in msg:
+                raise TrainingError(f"unknown feature(s): {msg}") from None
+            raise TrainingError(msg) from None
+        features = feats
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True), list(features or [])
+
+
+def load_kafka(settings, features: list[str], since_ms: int | None, until_ms: int | None, topic: str | None = None,
+               progress: bool = True, idle_s: float = 5.0):
+    """Readings of a time range of the readings topic, as a frame (record time filters the range).
+
+    Seeks to the beginning and filters by the record timestamps: the test broker answers
+    ``offsets_for_times`` with 0 for any time, and a real cluster gives the same result.
+    Rejected messages (what the worker would dead-letter) are counted and skipped.
+    """
+    import pandas as pd
+    from kafka import TopicPartition
+
+    from worker.codec import ReadingCodec
+    from worker.core.readings import Reading
+    from worker.kafka.clients import make_consumer
+
+    topic = topic or settings.kafka.readings_topic
+    codec = ReadingCodec(features, settings.kafka.max_message_bytes)
+    consumer = make_consumer(settings.kafka, group_id=None, enable_auto_commit=False)
+    rows: list[tuple] = []
+    rejected: dict[str, int] = {}
+    try:
+        deadline = time.monotonic() + 30
+        parts = consumer.partitions_for_topic(topic)
+        while not parts and time.monotonic() < deadline:
+            time.sleep(0.5)
+            parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            raise TrainingError(f"topic {topic!r} does not exist on {settings.kafka.bootstrap_servers}")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        total = sum(end.values())
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="msg", desc=f"<- {topic}")
+        last_data = time.monotonic()
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            batch = consumer.poll(timeout_ms=500, max_records=5000)
+            if not batch:
+                if time.monotonic() - last_data > idle_s:
+                    log.warning("no more records after %.0f s; stopping before the end offsets", idle_s)
+                    break
+                continue
+            last_data = time.monotonic()
+            for tp, recs in batch.items():
+                for rec in recs:
+                    if (since_ms is not None and rec.timestamp < since_ms) or (until_ms is not None and rec.timestamp >= until_ms):
+                        continue
+                    r = codec.decode(rec.value, tp.partition, rec.offset)
+                    if isinstance(r, Reading):
+                        rows.append((r.sensor_id, r.ts_ms, *r.values.tolist()))
+                    else:
+                        rejected[r.reason] = rejected.get(r.reason, 0) + 1
+                if bar:
+                    bar.update(len(recs))
+        if bar:
+            bar.close()
+    finally:
+        consumer.close()
+    if rejected:
+        log.warning("skipped %d unusable messages: %s", sum(rejected.values()), rejected)
+    df = pd.DataFrame(rows, columns=["sensor_id", "ts_ms", *features])
+    log.info("read %d readings of %d sensors from %s", len(df), df["sensor_id"].nunique() if len(df) else 0, topic)
+    return df
+
+
+def data_fingerprint(fleet: Fleet) -> str:
+    """A short hash of the training arrays (same data, same hash)."""
+    h = hashlib.sha256()
+    h.update("|".join(fleet.ids).encode())
+    h.update("|".join(fleet.features).encode())
+    h.update(np.ascontiguousarray(fleet.raw).tobytes())
+    h.update(np.ascontiguousarray(fleet.label).tobytes())
+    return h.hexdigest()[:8]
+
+
+def make_version(name: str, fleet: Fleet, now: datetime | None = None) -> str:
+    """``<UTC time>-<data name>-<data hash>``, e.g. ``20261122T021500Z-fleet-3fa2c1d9``."""
+    now = now or datetime.now(timezone.utc)
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40].strip("-") or "data"
+    return f"{now:%Y%m%dT%H%M%SZ}-{safe}-{data_fingerprint(fleet)}"
+
+
+# ----------------------------------------------------------------------------- fitting
+def _targets(fleet: Fleet):
+    """Inputs x[t], targets x[t+1], and the weights of train and validation targets."""
+    x = fleet.x
+    s_, t_, _ = x.shape
+    xin = x[:, :-1]
+    y = x[:, 1:]
+    t_next = np.arange(1, t_)[None, :]
+    ok = fleet.normal[:, 1:]
+    w_train = (ok & (t_next < fleet.val_start[:, None])).astype(np.float32)
+    w_val = (ok & (t_next >= fleet.val_start[:, None])).astype(np.float32)
+    return xin, y, w_train, w_val
+
+
+def _val_loss(net, xin: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    out = predict_sequences(net, xin)
+    se = np.mean((out - y) ** 2, axis=-1)
+    return float((se * w).sum() / max(w.sum(), 1.0))
+
+
+def predict_sequences(net, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    """The sequence network's output over whole sequences (S, T, F), in sensor batches."""
+    outs = []
+    for a in range(0, x.shape[0], batch):
+        outs.append(np.asarray(net(x[a : a + batch].astype(np.float32), training=False)))
+    return np.concatenate(outs, axis=0).astype(np.float64)
+
+
+def fit(fleet: Fleet, cfg: TrainConfig) -> FitResult:
+    """Fit the sequence network (``cfg.mode``) with early stopping on the validation loss."""
+    import keras
+    import tensorflow as tf
+
+    from worker.core.artifact import build_network
+
+    keras.utils.set_random_seed(cfg.seed)
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except Exception:  # noqa: BLE001 - older TF
+        pass
+    f_ = len(fleet.features)
+    net = build_network(f_, cfg.units, seed=cfg.seed)
+    xin, y, w_train, w_val = _targets(fleet)
+    if w_train.sum() == 0:
+        raise TrainingError("no normal readings in the training part: every row is labeled anomalous or too short")
+    if w_val.sum() == 0:
+        raise TrainingError("no normal readings in the validation part: give more history per sensor")
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.mode == "stateful":
+        b = max(1, min(cfg.batch, fleet.n_sensors))
+        trainer = build_network(f_, cfg.units, batch_size=b, stateful=True, steps=cfg.seq_len, seed=cfg.seed)
+        trainer.set_weights(net.get_weights())
+        batches = _stateful_batches(xin, y, w_train, b, cfg.seq_len)
+        lstms = [l for l in trainer.layers if l.__class__.__name__ == "LSTM"]
+    elif cfg.mode == "windows":
+        trainer = net
+        batches = None
+        lstms = []
+    else:
+        raise TrainingError(f"unknown training mode {cfg.mode!r} (stateful or windows)")
+    trainer.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, clipnorm=1.0), loss="mse")
+
+    history: list[dict] = []
+    best, best_w, best_epoch, bad = np.inf, net.get_weights(), 0, 0
+    t0 = time.monotonic()
+    bar_cls = None
+    if cfg.progress:
+        from tqdm import tqdm as bar_cls
+    for epoch in range(1, cfg.epochs + 1):
+        if cfg.mode == "windows":
+            batches = _window_batches(xin, y, w_train, cfg.seq_len, cfg.batch, rng)
+        it = batches if bar_cls is None else bar_cls(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
+        losses = []
+        for item in it:
+            if item is None:  # next group of sensors: a new set of sequences
+                for l in lstms:
+                    l.reset_state()
+                continue
+            xb, yb, wb = item
+            losses.append(float(trainer.train_on_batch(xb, yb, sample_weight=wb)))
+        for l in lstms:
+            l.reset_state()
+        if trainer is not net:
+            net.set_weights(trainer.get_weights())
+        vl = _val_loss(net, xin, y, w_val)
+        tl = float(np.mean(losses)) if losses else float("nan")
+        history.append({"epoch": epoch, "loss": tl, "val_loss": vl})
+        improved = vl < best - 1e-5
+        log.info("epoch %d: loss %.4f, val_loss %.4f%s", epoch, tl, vl, " (best)" if improved else "")
+        if improved:
+            best, best_w, best_epoch, bad = vl, net.get_weights(), epoch, 0
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                log.info("early stop: no better val_loss for %d epochs", cfg.patience)
+                break
+    net.set_weights(best_w)
+    return FitResult(net, history, best_epoch, time.monotonic() - t0)
+
+
+def _stateful_batches(xin, y, w, b: int, seq_len: int) -> list:
+    """Chunks of a fixed batch of sensors in time order; ``None`` marks a new group (reset)."""
+    s_, t_, f_ = xin.shape
+    out: list = []
+    for g in range(0, s_, b):
+        idx = np.arange(g, g + b)
+        real = idx < s_
+        idx = np.where(real, idx, 0)
+        xg, yg, wg = xin[idx], y[idx], w[idx] * real[:, None]
+        last = int(np.flatnonzero(wg.any(axis=0)).max()) + 1 if wg.any() else 0
+        if last == 0:
+            continue
+        n_chunks = -(-last // seq_len)
+        pad = n_chunks * seq_len - t_
+        if pad > 0:
+            xg = np.pad(xg, ((0, 0), (0, pad), (0, 0)))
+            yg = np.pad(yg, ((0, 0), (0, pad), (0, 0)))
+            wg = np.pad(wg, ((0, 0), (0, pad)))
+        out.append(None)
+        for c in range(n_chunks):
+            sl = slice(c * seq_len, (c + 1) * seq_len)
+            out.append((xg[:, sl], yg[:, sl], wg[:, sl]))
+    return out
+
+
+def _window_batches(xin, y, w, seq_len: int, batch: int, rng: np.random.Generator, burn_in: int = 8) -> list:
+    """Shuffled windows (zero state each) with the first ``burn_in`` steps out of the loss."""
+    s_, t_, _ = xin.shape
+    starts = []
+    step = max(1, seq_len // 2)
+    for s in range(s_):
+        last = int(np.flatnonzero(w[s]).max()) + 1 if w[s].any() else 0
+        for a in range(0, max(last - seq_len, 0) + 1, step):
+            if w[s, a : a + seq_len].any():
+                starts.append((s, a))
+    order = rng.permutation(len(starts))
+    out = []
+    for k in range(0, len(order), batch):
+        sel = [starts[i] for i in order[k : k + batch]]
+        xb = np.stack([_pad_to(xin[s, a : a + seq_len], seq_len) for s, a in sel])
+        yb = np.stack([_pad_to(y[s, a : a + seq_len], seq_len) for s, a in sel])
+        wb = np.stack([_pad_to(w[s, a : a + seq_len], seq_len) for s, a in sel])
+        wb[:, :burn_in] = 0.0
+        out.append((xb, yb, wb))
+    return out
+
+
+def _pad_to(a: np.ndarray, n: int) -> np.ndarray:
+    if len(a) >= n:
+        return a[:n]
+    return np.pad(a, [(0, n - len(a))] + [(0, 0)] * (a.ndim - 1))
+
+
+# ----------------------------------------------------------------------------- calibration
+def calibrate(net, fleet: Fleet, cfg: TrainConfig) -> tuple[object, dict, dict]:
+    """Calibration for the scorer from the validation part; returns (Calibration, metrics, arrays for plots)."""
+    from training import calibrate as cal
+    from training.metrics import series_scores, summarize
+    from worker.core.artifact import Calibration
+    from worker.core.scorer import ScorerParams
+
+    out = predict_sequences(net, fleet.x)
+    bias = net.get_layer("head").get_weights()[1].astype(np.float64)
+    expected = cal.expected_values(out, bias)
+    valid = fleet.valid()
+    mask = cal.calibration_mask(fleet.normal, fleet.in_validation())
+    res_std = cal.residual_std(fleet.x.astype(np.float64), expected, mask)
+    err = cal.errors(fleet.x.astype(np.float64), expected, res_std)
+    e = err[mask]
+    err_mean, err_std = float(e.mean()), float(max(e.std(), 1e-3))
+    params = ScorerParams(0.5, cfg.warmup, cfg.short_window, cfg.long_window, err_mean, err_std**2)
+    score, _, warming = cal.run_scorer(params, err, valid, threshold=1.0 - 1e-15)
+    normal_scores = score[mask & ~warming]
+    thr = cal.pick_threshold(normal_scores, cfg.false_alarm_rate)
+    calib = Calibration(threshold=thr, warmup=cfg.warmup, short_window=cfg.short_window, long_window=cfg.long_window,
+                        error_mean=err_mean, error_std=err_std, residual_std=res_std.tolist())
+    params = ScorerParams(thr, cfg.warmup, cfg.short_window, cfg.long_window, err_mean, err_std**2)
+    score, flag, warming = cal.run_scorer(params, err, valid)
+    inval = fleet.in_validation()
+    metrics = {
+        "calibration_readings": int(mask.sum()),
+        "residual_std": res_std.tolist(),
+        "error_mean": err_mean,
+        "error_std": err_std,
+        "val_false_alarm_rate": float(flag[mask & ~warming].mean()) if (mask & ~warming).any() else 0.0,
+    }
+    if fleet.label[inval].any():
+        per = [series_scores(fleet.label[s][inval[s]], flag[s][inval[s]]) for s in range(fleet.n_sensors)]
+        summ = summarize(per)
+        metrics["val_detection"] = {k: summ[k] for k in ("windows", "window_precision", "window_recall", "window_f1",
+                                                          "median_delay", "false_alarms_per_1000", "point_f1")}
+    arrays = {"expected": expected, "score": score, "flag": flag, "err": err}
+    return calib, metrics, arrays
+
+
+# ----------------------------------------------------------------------------- the whole run
+def train(fleet: Fleet, cfg: TrainConfig, out_dir: Path, data_name: str, sources: list[str]) -> Path:
+    """Fit, calibrate, save the artifact and its report; returns the artifact directory."""
+    from worker.core import artifact as art
+
+    log.info("training on %d sensors, %d readings (%d labeled anomalous, not in the loss), features %s, mode %s",
+             fleet.n_sensors, int(fleet.valid().sum()), int(fleet.label.sum()), fleet.features, cfg.mode)
+    res = fit(fleet, cfg)
+    calib, cal_metrics, arrays = calibrate(res.net, fleet, cfg)
+    version = make_version(data_name, fleet)
+    mean, std = fleet.fleet_scaling()
+    best = res.history[res.best_epoch - 1] if res.best_epoch else res.history[-1]
+    metrics = {
+        "val_loss": best["val_loss"],
+        "train_loss": best["loss"],
+        "best_epoch": res.best_epoch,
+        "epochs_run": len(res.history),
+        "fit_seconds": round(res.seconds, 2),
+        **cal_metrics,
+    }
+    manifest = art.Manifest(
+        model_version=version,
+        features=fleet.features,
+        units=list(cfg.units),
+        scaling=art.Scaling(mean=mean, std=std, sensors=fleet.scaling_dict()),
+        calibration=calib,
+        training={
+            **fleet.summary,
+            "sources": sources,
+            "data_hash": data_fingerprint(fleet),
+            "mode": cfg.mode,
+            "seq_len": cfg.seq_len,
+            "batch": cfg.batch,
+            "learning_rate": cfg.learning_rate,
+            "epochs": cfg.epochs,
+            "patience": cfg.patience,
+            "seed": cfg.seed,
+            "false_alarm_rate": cfg.false_alarm_rate,
+            "history": res.history,
+        },
+        metrics=metrics,
+        created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    path = art.save(Path(out_dir) / version, res.net, manifest)
+    try:
+        from training.report import write_training_report
+
+        write_training_report(path / "report", manifest, fleet, arrays)
+    except Exception as e:  # noqa: BLE001 - a failed plot must not lose a trained model
+        log.warning("could not write the training report: %s", e)
+    log.info("saved %s (val_loss %.4f, threshold %.6f, val false alarms %.2e); %s/latest points to it",
+             path, metrics["val_loss"], calib.threshold, metrics["val_false_alarm_rate"], out_dir)
+    return path
+
+
+def parse_time(text: str | None) -> int | None:
+    """ISO-8601 or epoch ms -> epoch ms (None stays None)."""
+    if text is None:
+        return None
+    from worker.core.readings import BadTimestamp, parse_ts
+
+    try:
+        return parse_ts(text)
+    except BadTimestamp as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    p.add_argument("--data", action="append", type=Path, default=[], help="CSV/Parquet file (sensor_id, ts, features[, label]); repeatable")
+    p.add_argument("--from-kafka", action="store_true", help="read the readings topic instead (SLOTWATCH_KAFKA__*), filtered by --since/--until")
+    p.add_argument("--since", default=None, help="with --from-kafka: first record time (ISO-8601 or epoch ms)")
+    p.add_argument("--until", default=None, help="with --from-kafka: end record time, exclusive")
+    p.add_argument("--topic", default=None, help="with --from-kafka: topic (default SLOTWATCH_KAFKA__READINGS_TOPIC)")
+    p.add_argument("--out", required=True, type=Path, help="models folder: the artifact goes to OUT/<version>, OUT/latest points to it")
+    p.add_argument("--features", default=None, help="comma-separated features (default: every column of the file; required with --from-kafka)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs}; early stopping)")
+    p.add_argument("--patience", type=int, default=d.patience, help=f"epochs without a better validation loss before stopping (default {d.patience})")
+    p.add_argument("--units", default=",".join(map(str, d.units)), help=f"LSTM units per layer (default {','.join(map(str, d.units))})")
+    p.add_argument("--mode", choices=["stateful", "windows"], default=d.mode, help="stateful chunks in time order (default) or shuffled windows")
+    p.add_argument("--seq-len", type=int, default=d.seq_len, help=f"chunk/window length in readings (default {d.seq_len})")
+    p.add_argument("--batch", type=int, default=d.batch, help=f"sensors (stateful) or windows per batch (default {d.batch})")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help=f"Adam learning rate (default {d.learning_rate})")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=f"latest share of each sensor's time held out (default {d.val_fraction})")
+    p.add_argument("--warmup", type=int, default=d.warmup, help=f"readings before a sensor can be flagged (default {d.warmup}; unseen sensors twice)")
+    p.add_argument("--false-alarm-rate", type=float, default=d.false_alarm_rate, help=f"share of normal validation readings the threshold may flag (default {d.false_alarm_rate})")
+    p.add_argument("--min-readings", type=int, default=d.min_readings, help=f"refuse sensors with fewer readings (default {d.min_readings})")
+    p.add_argument("--refuse-unsorted", action="store_true", help="refuse readings out of time order instead of sorting them (with a warning)")
+    p.add_argument("--name", default=None, help="data name in the version (default: the first file's stem, or the topic)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (same data + seed = same model)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    try:
+        units = [int(u) for u in args.units.split(",") if u.strip()]
+    except ValueError:
+        raise TrainingError(f"--units must be comma-separated whole numbers, got {args.units!r}") from None
+    if not units or any(u < 1 for u in units):
+        raise TrainingError(f"--units must be positive, got {args.units!r}")
+    return TrainConfig(units=units, mode=args.mode, epochs=args.epochs, patience=args.patience, seq_len=args.seq_len,
+                       batch=args.batch, learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
+                       warmup=args.warmup, false_alarm_rate=args.false_alarm_rate, min_readings=args.min_readings,
+                       unsorted="refuse" if args.refuse_unsorted else "sort", progress=not args.no_progress)
+
+
+def main(args: argparse.Namespace) -> int:
+    from training.simulate import parse_features
+    from worker.core.artifact import ArtifactError
+    from worker.logs import setup_logging
+    from worker.settings import Settings
+    from worker.tf_threads import apply_tf_threads
+
+    settings = Settings.load()
+    setup_logging(settings.log)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        features = parse_features(args.features)
+        cfg = config_from_args(args)
+        if args.from_kafka:
+            if args.data:
+                raise TrainingError("give either --data files or --from-kafka, not both")
+            features = features or settings.model.features
+            if not features:
+                raise TrainingError("--from-kafka needs --features (or SLOTWATCH_MODEL__FEATURES)")
+            df = load_kafka(settings, features, parse_time(args.since), parse_time(args.until), args.topic, progress=cfg.progress)
+            name = args.name or f"topic-{args.topic or settings.kafka.readings_topic}"
+            sources = [f"kafka:{args.topic or settings.kafka.readings_topic}[{args.since or ''}..{args.until or ''})"]
+        else:
+            if not args.data:
+                raise TrainingError("no training data: give --data FILE (repeatable) or --from-kafka")
+            df, features = load_files(args.data, features)
+            name = args.name or args.data[0].name.split(".")[0]
+            sources = [str(p) for p in args.data]
+        apply_tf_threads()
+        fleet = prepare_fleet(df, features, val_fraction=cfg.val_fraction, min_readings=cfg.min_readings, unsorted=cfg.unsorted)
+        train(fleet, cfg, args.out, name, sources)
+    except (TrainingError, ArtifactError, argparse.ArgumentTypeError) as e:
+        log.error("%s", e)
+        return 2
+    return 0
