@@ -109,7 +109,7 @@ def test_bad_input_goes_to_dead_letter_and_worker_carries_on(kafka_broker, art1,
                         kafka={"max_message_bytes": 1024}, model={"slots": 4, "when_full": "reject"})
     w = RunningWorker(s, artifact=art1)
     w.wait_consumed(len(msgs))
-    port = w.worker.health.port
+    port = w.port
     # /metrics over HTTP, parsed by prometheus-client's parser: the counters add up
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     fams = {f.name: f for f in text_string_to_metric_families(text)}

@@ -70,6 +70,15 @@ class RunningWorker:
         self.code = self.worker.run()
 
     @property
+    def port(self) -> int:
+        """Port of the worker's /metrics endpoint (waits until it listens)."""
+        for _ in range(200):
+            if self.worker.health is not None:
+                return self.worker.health.port
+            time.sleep(0.05)
+        raise AssertionError("the worker's HTTP server did not start")
+
+    @property
     def metrics(self):
         return self.worker.metrics
 

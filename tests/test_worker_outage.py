@@ -1,0 +1,100 @@
+"""The worker survives a broker outage (readiness false meanwhile, nothing lost), and refuses
+a checkpoint of another model version unless told to start fresh."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.broker import TestBroker
+from tests.conftest import make_artifact, sine_fleet
+from tests.worker_helpers import RunningWorker, fleet_messages, worker_settings
+from worker.app import EXIT_CHECKPOINT
+from worker.core import artifact as art
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
+
+
+def _ready(port: int) -> bool:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
+    except urllib.error.HTTPError as e:
+        assert e.code == 503
+        return False
+
+
+def _wait(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.skipif(bool(os.environ.get("SLOTWATCH_TEST_BOOTSTRAP")), reason="pauses its own embedded broker")
+def test_broker_outage_readiness_goes_false_and_nothing_is_lost(artifact_1f, tmp_path):
+    from worker.kafka.embedded import EmbeddedBroker
+
+    a = art.load(artifact_1f)
+    data = sine_fleet(6, 30, 1, seed=8)
+    ids = [f"s{i}" for i in range(6)]
+    first, second = fleet_messages(data[:, :15], ids, ["temp"]), fleet_messages(data, ids, ["temp"], start=15)
+    with EmbeddedBroker(log_file=tmp_path / "broker.log") as eb:
+        broker = TestBroker(eb.bootstrap, eb)
+        topics = broker.topics("outage")
+        s = worker_settings(broker, topics, artifact_1f, tmp_path / "ck", checkpoint={"interval_s": 0.5},
+                            kafka={"request_timeout_ms": 5000})
+        broker.produce(topics["readings"], first)
+        w = RunningWorker(s, artifact=a)
+        port = w.port
+        w.wait_consumed(len(first))
+        _wait(lambda: _ready(port), 30, "ready")
+        eb.pause()  # the broker stops answering (SIGSTOP keeps its data)
+        try:
+            _wait(lambda: not _ready(port), 30, "readiness to go false during the outage")
+            assert w.metrics.broker_up._value.get() == 0
+            assert w.thread.is_alive()
+        finally:
+            eb.resume()
+        broker.produce(topics["readings"], second)
+        w.wait_consumed(len(first) + len(second), timeout=120)
+        _wait(lambda: _ready(port), 60, "readiness to come back")
+        assert w.stop() == 0
+        scores = [json.loads(r.value) for r in broker.read_all(topics["scores"], expect=None, idle=3.0)]
+        got = {(x["sensor_id"], x["ts_ms"]) for x in scores}
+        assert got == {(k.decode(), json.loads(v)["ts"]) for k, v in first + second}
+
+
+def test_checkpoint_of_another_model_version_is_refused_unless_fresh_start_allowed(kafka_broker, artifact_1f, models_dir, tmp_path):
+    a = art.load(artifact_1f)
+    other = art.load(make_artifact(models_dir, ["temp"], [16], epochs=1, seed=3, version="test-other-version"))
+    data = sine_fleet(4, 20, 1, seed=9)
+    ids = [f"s{i}" for i in range(4)]
+    first, second = fleet_messages(data[:, :10], ids, ["temp"]), fleet_messages(data, ids, ["temp"], start=10)
+    topics = kafka_broker.topics("version")
+    s = worker_settings(kafka_broker, topics, artifact_1f, tmp_path / "ck")
+    kafka_broker.produce(topics["readings"], first)
+    w = RunningWorker(s, artifact=a)
+    w.wait_consumed(len(first))
+    assert w.stop() == 0
+
+    kafka_broker.produce(topics["readings"], second)
+    w = RunningWorker(s, artifact=other)
+    w.thread.join(60)
+    assert w.code == EXIT_CHECKPOINT  # refused: the h/c state does not belong to these weights
+    assert w.metrics.consumed._value.get() == 0
+
+    s.checkpoint.allow_fresh_start = True
+    w = RunningWorker(s, artifact=other)
+    w.wait_consumed(len(second))  # resumes at the checkpointed offset, sensors start fresh
+    assert w.metrics.consumed._value.get() == len(second)
+    assert w.stop() == 0
+    scores = [json.loads(r.value) for r in kafka_broker.read_all(topics["scores"], expect=len(first) + len(second))]
+    new = [x for x in scores if x["model_version"] == "test-other-version"]
+    assert len(new) == len(second) and all(x["warming_up"] for x in new[: len(ids)])
