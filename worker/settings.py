@@ -155,11 +155,60 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, **overrides) -> "Settings":
-        """Settings from env/.env/secret files; ``overrides`` win (nested dicts allowed)."""
+        """Settings from env/.env/secret files; ``overrides`` win (nested dicts allowed).
+
+        Secret files may also hold nested settings: a file named like the variable
+        (``slotwatch_kafka__security__sasl_password``, any case) in the secrets folder.
+        Environment variables win over secret files.
+        """
         secrets = _default_secrets_dir()
         if secrets:
+            nested = _nested_secrets(cls, secrets)
+            for top, sub in nested.items():
+                if top in overrides and isinstance(overrides[top], dict):
+                    overrides[top] = _merge(sub, overrides[top])
+                elif top not in overrides:
+                    overrides[top] = _merge(sub, _env_subtree(top))
             return cls(_secrets_dir=secrets, **overrides)
         return cls(**overrides)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _env_subtree(top: str) -> dict:
+    """Nested values of ``SLOTWATCH_<TOP>__...`` environment variables (they win over secret files)."""
+    prefix = f"SLOTWATCH_{top.upper()}__"
+    out: dict = {}
+    for k, v in os.environ.items():
+        if k.upper().startswith(prefix):
+            parts = k[len(prefix):].lower().split("__")
+            d = out
+            for part in parts[:-1]:
+                d = d.setdefault(part, {})
+            d[parts[-1]] = v
+    return out
+
+
+def _nested_secrets(model: type[BaseModel], folder: str) -> dict:
+    """{top: {...: value}} from secret files named after nested settings' variables."""
+    files = {f.lower(): os.path.join(folder, f) for f in os.listdir(folder)}
+    out: dict = {}
+    for var, _, _ in settings_table(model):
+        parts = var[len("SLOTWATCH_"):].lower().split("__")
+        path = files.get(var.lower())
+        if len(parts) < 2 or path is None or not os.path.isfile(path):
+            continue
+        d = out
+        for part in parts[:-1]:
+            d = d.setdefault(part, {})
+        with open(path, encoding="utf-8") as fh:
+            d[parts[-1]] = fh.read().strip()
+    return out
 
 
 def settings_table(model: type[BaseModel] = Settings, prefix: str = "SLOTWATCH_") -> list[tuple[str, str, str]]:
