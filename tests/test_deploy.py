@@ -1,5 +1,6 @@
 """Checks of the container and deployment files (Dockerfile, deploy/), offline, with the tools
-operators use: promtool, kubernetes-validate, check-jsonschema, hadolint, yamllint.
+operators use: promtool, kubernetes-validate, check-jsonschema, hadolint, yamllint, and a real
+Prometheus server (Debian's package brings it with promtool) scraping the worker's HTTP endpoint.
 
 The Python tools come with the ``dev`` extra; promtool comes from Debian's ``prometheus``
 package (``.ci/run`` installs it).  Without promtool these tests are skipped locally, and
@@ -207,6 +208,100 @@ def test_every_metric_of_the_dashboard_and_the_alerts_is_served_by_the_worker(se
     assert len([m for m in used if m.startswith("slotwatch_")]) >= 20
     missing = {m: sorted(w) for m, w in used.items() if m not in served_names | PROMETHEUS_OWN}
     assert not missing, f"not in the worker's /metrics: {missing}"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_a_real_prometheus_scrapes_the_worker_evaluates_the_rules_and_answers_the_dashboard(tmp_path):
+    """Debian's prometheus package brings the server too: run it against the worker's real
+    health server (metrics moved a little, as a few ticks would), with alerts.yml loaded, and
+    ask it every dashboard query."""
+    import time
+    import urllib.parse
+
+    from worker.health import HealthServer
+    from worker.metrics import Metrics
+
+    server = tool("prometheus")
+    m = Metrics()
+    m.consumed.inc(120)
+    m.scored.inc(110)
+    m.rejected.labels("not_json").inc(10)
+    m.anomalies.inc(3)
+    m.published.labels("anomaly").inc(3)
+    for d in (0.0004, 0.0009, 0.002):
+        m.tick_seconds.observe(d)
+        m.batch_fill.observe(0.4)
+        m.latency.observe(0.05)
+    m.checkpoint_seconds.observe(0.02)
+    m.checkpoint_last.set(time.time())
+    m.slots_capacity.set(256)
+    m.slots_in_use.set(40)
+    m.lag.labels("0").set(12)
+    m.committed_offset.labels("0").set(1000)
+    m.model.info({"model_version": "test-1", "features": "temp,rpm,vib"})
+    h = HealthServer(m, "127.0.0.1", 0).start()
+    port = _free_port()
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(PROM / "alerts.yml")],
+        "scrape_configs": [{"job_name": "slotwatch", "static_configs": [{"targets": [f"127.0.0.1:{h.port}"]}]}],
+    }))
+    proc = subprocess.Popen([server, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    api = f"http://127.0.0.1:{port}/api/v1"
+
+    def query(q: str) -> list:
+        r = _get(f"{api}/query?query={urllib.parse.quote(q)}")
+        assert r["status"] == "success", (q, r)
+        return r["data"]["result"]
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            try:
+                if query('count_over_time(up{job="slotwatch"}[1m]) >= 3'):
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "prometheus did not scrape the worker 3 times in 60 s"
+            time.sleep(0.5)
+        m.consumed.inc(50)  # movement between scrapes, so that rates are not all zero
+        empty = [where for where, e in dashboard_exprs() if not query(grafana_to_promql(e))]
+        assert not empty, f"dashboard queries without data from a live worker: {empty}"
+        assert query('slotwatch_model_info{model_version="test-1"}')
+
+        while True:  # until every rule has been evaluated at least once
+            rules = {r["name"]: r for g in _get(f"{api}/rules")["data"]["groups"] for r in g["rules"]}
+            if all(r["health"] != "unknown" for r in rules.values()):
+                break
+            assert time.monotonic() < deadline, "rules not evaluated in time"
+            time.sleep(0.5)
+        assert set(rules) == {r["alert"] for r in alert_rules()}
+        assert {n: r["health"] for n, r in rules.items() if r["health"] != "ok"} == {}
+        # the fresh worker is not ready and has not reached the broker: those two alerts are
+        # pending (they wait for their `for:`); the worker is up, so WorkerDown is not
+        states = {a["labels"]["alertname"]: a["state"] for a in _get(f"{api}/alerts")["data"]["alerts"]}
+        assert states.get("SlotwatchWorkerNotReady") == "pending"
+        assert states.get("SlotwatchBrokerUnreachable") == "pending"
+        assert "SlotwatchWorkerDown" not in states
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        h.stop()
 
 
 def test_metric_extraction_finds_what_a_query_selects():
