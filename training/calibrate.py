@@ -13,14 +13,14 @@ invariant 1).
 >>> err = np.array([[1.0, 1.0, 1.0, 1.0, 9.0, 1.0]])
 >>> score, flag, warming = run_scorer(p, err, np.ones_like(err, bool))
 >>> flag.astype(int).tolist(), warming.astype(int).tolist()
-([[0, 0, 0, 0, 1, 0]], [[1, 1, 0, 0, 0, 0]])
+([[0, 0, 0, 0, 1, 1]], [[1, 1, 0, 0, 0, 0]])
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from worker.core.scorer import ScorerParams, feature_errors, normal_cdf, reading_error, score_step
+from worker.core.scorer import ScorerParams, feature_errors, flatline_score, normal_quantile, reading_error, score_step
 
 #: readings after a labeled window that do not count as normal for calibration
 AFTER_ANOMALY = 10
@@ -80,20 +80,28 @@ def run_scorer(p: ScorerParams, err: np.ndarray, valid: np.ndarray, threshold: f
     return score, flag, warming
 
 
-def z_of(p: float) -> float:
-    """Inverse of the standard normal CDF, by bisection on the core's own CDF.
+def stillness_series(raw: np.ndarray, std: np.ndarray, res_std: np.ndarray, k: int) -> np.ndarray:
+    """(S, T) :func:`worker.core.scorer.stillness` of every reading and the ``k`` before it
+    (inf where fewer than ``k`` came before), as the detector computes it from its ring of
+    recent readings (float32).
 
-    >>> round(z_of(0.999), 3)
-    3.09
+    >>> raw = np.array([[[0.0], [1.0], [0.0], [1.0], [1.0], [1.0]]])
+    >>> stillness_series(raw, np.ones((1, 1)), np.ones(1), 2).tolist()
+    [[inf, inf, 1.0, 1.0, 0.5, 0.0]]
     """
-    lo, hi = -40.0, 40.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if float(normal_cdf(np.array(mid))) < p:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
+    v = raw.astype(np.float32).astype(np.float64)
+    d = np.abs(np.diff(v, axis=1)) / (std[:, None, :] * res_std[None, None, :])  # change into reading t+1
+    c = np.cumsum(d, axis=1)
+    c = np.concatenate([np.zeros_like(c[:, :1]), c], axis=1)  # c[:, t] = sum of changes into readings 1..t
+    out = np.full(raw.shape[:2], np.inf)
+    if raw.shape[1] > k:
+        out[:, k:] = ((c[:, k:] - c[:, :-k]) / k).min(axis=-1)
+    return out
+
+
+def flat_scores(still: np.ndarray, flat_limit: float, threshold: float) -> np.ndarray:
+    """The detector's flatline scores of a stillness array."""
+    return flatline_score(still, flat_limit, normal_quantile(threshold))
 
 
 def pick_threshold(normal_scores: np.ndarray, false_alarm_rate: float, floor: float = 0.99, cap: float = 1.0 - 1e-12) -> float:

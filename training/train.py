@@ -54,6 +54,9 @@ class TrainConfig:
     short_window: int = 4
     long_window: int = 1000
     false_alarm_rate: float = 1e-4
+    flat_window: int = 8  # flatline statistic: changes looked at (0 = off)
+    jitter: float = 0.3  # scaling jitter per sensor and epoch (offset sd; log-scale sd is half of it)
+    min_delta: float = 0.002  # relative val_loss improvement that counts
     min_readings: int = 8
     unsorted: str = "sort"
     progress: bool = True
@@ -226,7 +229,6 @@ def fit(fleet: Fleet, cfg: TrainConfig) -> FitResult:
         b = max(1, min(cfg.batch, fleet.n_sensors))
         trainer = build_network(f_, cfg.units, batch_size=b, stateful=True, steps=cfg.seq_len, seed=cfg.seed)
         trainer.set_weights(net.get_weights())
-        batches = _stateful_batches(xin, y, w_train, b, cfg.seq_len)
         lstms = [l for l in trainer.layers if l.__class__.__name__ == "LSTM"]
     elif cfg.mode == "windows":
         trainer = net
@@ -243,8 +245,11 @@ def fit(fleet: Fleet, cfg: TrainConfig) -> FitResult:
     if cfg.progress:
         from tqdm import tqdm as bar_cls
     for epoch in range(1, cfg.epochs + 1):
+        xe, ye = _jitter(xin, y, fleet.valid()[:, :-1], cfg.jitter, rng)
         if cfg.mode == "windows":
-            batches = _window_batches(xin, y, w_train, cfg.seq_len, cfg.batch, rng)
+            batches = _window_batches(xe, ye, w_train, cfg.seq_len, cfg.batch, rng)
+        else:
+            batches = _stateful_batches(xe, ye, w_train, b, cfg.seq_len)
         it = batches if bar_cls is None else bar_cls(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
         losses = []
         for item in it:
@@ -261,7 +266,7 @@ def fit(fleet: Fleet, cfg: TrainConfig) -> FitResult:
         vl = _val_loss(net, xin, y, w_val)
         tl = float(np.mean(losses)) if losses else float("nan")
         history.append({"epoch": epoch, "loss": tl, "val_loss": vl})
-        improved = vl < best - 1e-5
+        improved = vl < best * (1.0 - cfg.min_delta)
         log.info("epoch %d: loss %.4f, val_loss %.4f%s", epoch, tl, vl, " (best)" if improved else "")
         if improved:
             best, best_w, best_epoch, bad = vl, net.get_weights(), epoch, 0
@@ -272,6 +277,23 @@ def fit(fleet: Fleet, cfg: TrainConfig) -> FitResult:
                 break
     net.set_weights(best_w)
     return FitResult(net, history, best_epoch, time.monotonic() - t0)
+
+
+def _jitter(xin, y, valid, amount: float, rng: np.random.Generator):
+    """Shift and stretch each sensor's scaled values a little (new draw every epoch).
+
+    A sensor the model never saw is scaled by statistics learned online from its first
+    readings, which are off by a fraction of a standard deviation; training on jittered
+    scaling makes the network rely on the shape of the signal rather than on its exact
+    level, so unseen sensors are not flagged merely for being scaled imperfectly.
+    """
+    if amount <= 0:
+        return xin, y
+    s_, _, f_ = xin.shape
+    off = rng.normal(0.0, amount, (s_, 1, f_)).astype(np.float32)
+    mul = np.exp(rng.normal(0.0, amount / 2, (s_, 1, f_))).astype(np.float32)
+    m = valid[:, :, None]
+    return (xin * mul + off) * m, (y * mul + off) * m
 
 
 def _stateful_batches(xin, y, w, b: int, seq_len: int) -> list:
@@ -352,12 +374,25 @@ def calibrate(net, fleet: Fleet, cfg: TrainConfig) -> tuple[object, dict, dict]:
                         error_mean=err_mean, error_std=err_std, residual_std=res_std.tolist())
     params = ScorerParams(thr, cfg.warmup, cfg.short_window, cfg.long_window, err_mean, err_std**2)
     score, flag, warming = cal.run_scorer(params, err, valid)
+    flat_limit = 0.0
+    if cfg.flat_window > 0:
+        still = cal.stillness_series(fleet.raw, fleet.std, res_std, cfg.flat_window)
+        normal_still = still[mask & np.isfinite(still)]
+        if normal_still.size:
+            flat_limit = float(0.5 * np.quantile(normal_still, cfg.false_alarm_rate))
+        if flat_limit > 0:
+            fs = cal.flat_scores(still, flat_limit, thr)
+            score = np.maximum(score, fs)
+            flag |= ~warming & (fs >= thr) & valid
+    calib.flat_window = cfg.flat_window if flat_limit > 0 else 0
+    calib.flat_limit = flat_limit
     inval = fleet.in_validation()
     metrics = {
         "calibration_readings": int(mask.sum()),
         "residual_std": res_std.tolist(),
         "error_mean": err_mean,
         "error_std": err_std,
+        "flat_limit": flat_limit,
         "val_false_alarm_rate": float(flag[mask & ~warming].mean()) if (mask & ~warming).any() else 0.0,
     }
     if fleet.label[inval].any():
@@ -454,6 +489,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learning-rate", type=float, default=d.learning_rate, help=f"Adam learning rate (default {d.learning_rate})")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=f"latest share of each sensor's time held out (default {d.val_fraction})")
     p.add_argument("--warmup", type=int, default=d.warmup, help=f"readings before a sensor can be flagged (default {d.warmup}; unseen sensors twice)")
+    p.add_argument("--flat-window", type=int, default=d.flat_window, help=f"readings the flatline (stuck sensor) statistic looks at (default {d.flat_window}; 0 = off; at most SLOTWATCH_MODEL__RECENT_READINGS)")
+    p.add_argument("--jitter", type=float, default=d.jitter, help=f"scaling jitter for robustness to unseen sensors' online scaling (default {d.jitter}; 0 = off)")
     p.add_argument("--false-alarm-rate", type=float, default=d.false_alarm_rate, help=f"share of normal validation readings the threshold may flag (default {d.false_alarm_rate})")
     p.add_argument("--min-readings", type=int, default=d.min_readings, help=f"refuse sensors with fewer readings (default {d.min_readings})")
     p.add_argument("--refuse-unsorted", action="store_true", help="refuse readings out of time order instead of sorting them (with a warning)")
@@ -471,7 +508,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise TrainingError(f"--units must be positive, got {args.units!r}")
     return TrainConfig(units=units, mode=args.mode, epochs=args.epochs, patience=args.patience, seq_len=args.seq_len,
                        batch=args.batch, learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
-                       warmup=args.warmup, false_alarm_rate=args.false_alarm_rate, min_readings=args.min_readings,
+                       warmup=args.warmup, jitter=args.jitter, flat_window=args.flat_window, false_alarm_rate=args.false_alarm_rate, min_readings=args.min_readings,
                        unsorted="refuse" if args.refuse_unsorted else "sort", progress=not args.no_progress)
 
 

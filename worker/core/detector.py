@@ -30,7 +30,15 @@ from worker.core.artifact import Artifact
 from worker.core.engine import SlotEngine
 from worker.core.readings import Reading, Rejection, Score
 from worker.core.router import SlotRouter
-from worker.core.scorer import ScorerParams, feature_errors, reading_error, score_step
+from worker.core.scorer import (
+    ScorerParams,
+    feature_errors,
+    flatline_score,
+    normal_quantile,
+    reading_error,
+    score_step,
+    stillness,
+)
 from worker.state.table import NO_TS, StateTable
 
 _MIN_STD_FRACTION = 1e-3  # an online-learned std never drops below this share of the fleet's
@@ -81,6 +89,10 @@ class SlotDetector:
             prior_var=cal.error_std**2,
         )
         self.residual_std = np.asarray(cal.residual_std or [1.0] * f, dtype=np.float64)
+        # flatline statistic (scorer.stillness) over the recent-readings ring; off when flat_limit is 0
+        self.flat_window = min(int(cal.flat_window), int(recent)) if cal.flat_limit > 0 else 0
+        self.flat_limit = float(cal.flat_limit)
+        self._z_threshold = normal_quantile(self.params.threshold)
         self.scaling = m.scaling
         self._global_mean = np.asarray(m.scaling.mean, dtype=np.float64)
         self._global_std = np.asarray(m.scaling.std, dtype=np.float64)
@@ -254,6 +266,10 @@ class SlotDetector:
         score, anom, warming, em, ev, es = score_step(
             self.params, err, count, warm_n, c["err_mean"][rows], c["err_var"][rows], c["err_short"][rows]
         )
+        if self.flat_window:
+            fs = self._flatline_score(rows, x, std)
+            score = np.maximum(score, fs)
+            anom = anom | (~warming & (fs >= self.params.threshold))
         c["err_mean"][rows], c["err_var"][rows], c["err_short"][rows] = em, ev, es
         c["count"][rows] = count + 1
         c["total"][rows] += 1
@@ -275,6 +291,15 @@ class SlotDetector:
         # plain Python values in one go: indexing numpy scalars per reading costs more
         for i, r, sc, e, an, wu, ex in zip(idx, batch, score.tolist(), err.tolist(), anom.tolist(), warming.tolist(), expected):
             out[i] = Score(r.sensor_id, r.ts_ms, sc, e, an, thr, wu, r.values, ex, r.partition, r.offset, r.label)
+
+    def _flatline_score(self, rows: np.ndarray, x: np.ndarray, std: np.ndarray) -> np.ndarray:
+        """Flatline score of this reading and the ``flat_window`` before it (from the recent ring)."""
+        k, ring = self.flat_window, self.table.recent
+        c = self.table.cols
+        idx = (c["recent_pos"][rows][:, None] - 1 - np.arange(k)[None, :]) % ring
+        prev = c["recent"][rows[:, None], idx]  # (n, k, F), newest first, float32 as stored
+        vals = np.concatenate([x.astype(np.float32)[:, None, :], prev], axis=1).astype(np.float64)
+        return flatline_score(stillness(vals, std * self.residual_std), self.flat_limit, self._z_threshold)
 
     # ------------------------------------------------------------------ state
     def _new_sensor(self, sensor_id: str, partition: int) -> int:

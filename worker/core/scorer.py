@@ -15,6 +15,15 @@ scored as anomalies do not update the long-run estimate, so an incident does not
 detector that it is normal.  A sensor is *warming up* for its first ``warmup`` readings
 after a (re)start and is never flagged then.
 
+A second statistic catches what a next-reading predictor cannot: a *flatline* (a stuck
+sensor repeats its last value; the network soon expects exactly that, so the error gets
+small, not large).  :func:`stillness` is, over the last ``flat_window`` changes, the mean
+absolute change of the least moving feature in units of its typical residual; normal
+readings always move by about one residual.  :func:`flatline_score` maps it to [0, 1]
+so that ``stillness == flat_limit`` scores exactly the threshold and a flat line scores 1;
+the detector reports the larger of the two scores.  ``flat_window = 0`` (the default of
+older artifacts) turns it off.
+
 Everything here works on numpy arrays (one element per sensor of a tick); the class
 :class:`AnomalyLikelihood` wraps it for one stream with the tiny ``learn_one``/``score_one``
 protocol:
@@ -110,6 +119,49 @@ def score_step(
     new_mean = np.where(learn, mean + alpha * delta, mean)
     new_var = np.where(learn, (1.0 - alpha) * (var + alpha * delta * delta), var)
     return score, is_anom, warming, new_mean, new_var, short
+
+
+def normal_quantile(p: float) -> float:
+    """Inverse of :func:`normal_cdf` (bisection on it, so the two agree exactly).
+
+    >>> round(normal_quantile(0.999), 3)
+    3.09
+    """
+    lo, hi = -40.0, 40.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if float(normal_cdf(np.array(mid))) < p:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def stillness(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """How much the least moving feature moves: ``values`` (n, K+1, F) consecutive readings,
+    ``scale`` (n, F) the size of a typical change (sensor std x residual std); returns (n,)
+    the mean |change| over the K changes, in those units, of the feature that moved least.
+
+    >>> v = np.array([[[1.0, 5.0], [1.2, 5.0], [0.9, 5.0]]])   # feature 2 is stuck
+    >>> stillness(v, np.array([[0.1, 0.1]])).tolist()
+    [0.0]
+    """
+    d = np.abs(np.diff(values, axis=1)) / scale[:, None, :]
+    return d.mean(axis=1).min(axis=-1)
+
+
+def flatline_score(still: np.ndarray, flat_limit: float, z_threshold: float) -> np.ndarray:
+    """Score of a stillness: ``Phi(z_threshold * flat_limit / still)``; 0 when the limit is 0 (off).
+
+    >>> z = normal_quantile(0.999)
+    >>> s = flatline_score(np.array([0.0, 0.05, 0.1, 1.0]), 0.1, z)
+    >>> bool(s[0] == 1.0), bool(s[1] > 0.999), round(float(s[2]), 3), bool(s[3] < 0.9)
+    (True, True, 0.999, True)
+    """
+    still = np.asarray(still, dtype=np.float64)
+    if flat_limit <= 0:
+        return np.zeros_like(still)
+    return normal_cdf(z_threshold * flat_limit / np.maximum(still, 1e-12))
 
 
 class AnomalyLikelihood:
