@@ -74,7 +74,7 @@ def make_producer(k: KafkaSettings, **overrides):
     """An idempotent, acks=all producer (at-least-once output; retries do not duplicate)."""
     from kafka import KafkaProducer
 
-    cfg = dict(common_config(k), acks="all", linger_ms=5, max_in_flight_requests_per_connection=5)
+    cfg = dict(common_config(k), acks="all", linger_ms=10, batch_size=262144, max_in_flight_requests_per_connection=5)
     cfg.update(overrides)
     return KafkaProducer(**cfg)
 
