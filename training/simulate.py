@@ -107,7 +107,8 @@ def simulate(
     if bad:
         raise SimulationError(f"unknown anomaly kind(s) {bad}; known: {list(KINDS)}")
     kinds = [k for k in kinds if not (k == "correlated" and len(feats) < 2)]
-    rng = np.random.default_rng(seed)
+    # separate streams: the normal signal does not depend on which anomalies are injected
+    rng, arng, urng = (np.random.default_rng(ss) for ss in np.random.SeedSequence(seed).spawn(3))
     s_, t_, f_ = n_sensors, steps, len(feats)
     t = np.arange(t_, dtype=np.float64)
 
@@ -124,6 +125,7 @@ def simulate(
     sigma = rng.uniform(0.08, 0.15, (s_, 1, f_))
     phi = rng.uniform(0.4, 0.7, (s_, 1, f_))
     shocks = rng.normal(0.0, 1.0, (s_, t_, f_)) * sigma * np.sqrt(1 - phi**2)
+    prev = rng.normal(0.0, 1.0, (s_, f_)) * sigma[:, 0]
     base_level = regime_gain * mode + weekly + trend
 
     # anomaly plan (decided before the noise is run, so variance bursts can scale shocks)
@@ -133,14 +135,14 @@ def simulate(
     freq_mult = np.ones((s_, t_))
     for i in range(s_):
         plan = []
-        pos = margin + int(rng.integers(0, max(anomaly_every // 2, 1)))
+        pos = margin + int(arng.integers(0, max(anomaly_every // 2, 1)))
         while kinds:
-            kind = kinds[int(rng.integers(len(kinds)))]
+            kind = kinds[int(arng.integers(len(kinds)))]
             lo, hi = _LENGTHS[kind]
-            length = int(rng.integers(lo, hi + 1))
+            length = int(arng.integers(lo, hi + 1))
             if pos + length >= t_:
                 break
-            sub = np.random.default_rng(rng.integers(2**63))
+            sub = np.random.default_rng(arng.integers(2**63))
             plan.append((kind, pos, pos + length, sub))
             label[i, pos : pos + length] = 1
             kind_of[i, pos : pos + length] = kind
@@ -148,11 +150,10 @@ def simulate(
                 shocks[i, pos : pos + length] *= sub.uniform(4.0, 7.0)
             elif kind == "frequency":
                 freq_mult[i, pos : pos + length] = sub.uniform(4.0, 8.0)
-            pos += length + gap + int(rng.integers(anomaly_every // 2, anomaly_every * 3 // 2 + 1))
+            pos += length + gap + int(arng.integers(anomaly_every // 2, anomaly_every * 3 // 2 + 1))
         plans.append(plan)
 
     noise = np.empty_like(shocks)
-    prev = rng.normal(0.0, 1.0, (s_, f_)) * sigma[:, 0]
     for k in range(t_):
         prev = phi[:, 0] * prev + shocks[:, k]
         noise[:, k] = prev
@@ -187,8 +188,8 @@ def simulate(
     scale = np.empty((s_, 1, f_))
     for j, name in enumerate(feats):
         b0, s0 = FEATURE_UNITS.get(name, (0.0, 1.0))
-        base[:, 0, j] = b0 + abs(b0) * rng.uniform(-0.2, 0.2, s_) if b0 else rng.normal(0, 1, s_)
-        scale[:, 0, j] = s0 * rng.uniform(0.7, 1.3, s_)
+        base[:, 0, j] = b0 + abs(b0) * urng.uniform(-0.2, 0.2, s_) if b0 else urng.normal(0, 1, s_)
+        scale[:, 0, j] = s0 * urng.uniform(0.7, 1.3, s_)
     values = base + scale * x
 
     prefix = f"s{seed}-" if id_prefix is None else id_prefix
