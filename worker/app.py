@@ -555,6 +555,8 @@ def main(args: argparse.Namespace) -> int:
     if args.bootstrap:
         settings.kafka.bootstrap_servers = args.bootstrap
     setup_logging(settings.log)
+    if settings.log.level != "DEBUG":  # kafka-python logs every refused connection at ERROR; the worker reports outages itself
+        logging.getLogger("kafka.net").setLevel(logging.CRITICAL)
     if args.create_topics:
         from worker.kafka.clients import ensure_topics
 

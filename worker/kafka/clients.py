@@ -46,6 +46,7 @@ def common_config(k: KafkaSettings) -> dict:
         "retry_backoff_ms": k.retry_backoff_ms,
         "reconnect_backoff_ms": min(k.retry_backoff_ms, 1000),
         "reconnect_backoff_max_ms": 30_000,
+        "bootstrap_timeout_ms": 5_000,  # the worker retries itself, and stays responsive to SIGTERM meanwhile
         **security_config(k),
     }
 
