@@ -87,6 +87,8 @@ def simulate(
     gap: int = 60,
     kinds: Sequence[str] = KINDS,
     id_prefix: str | None = None,
+    fleet_seed: int | None = None,
+    start_step: int = 0,
     start_ms: int = START_MS,
     step_ms: int = STEP_S * 1000,
 ) -> pd.DataFrame:
@@ -95,8 +97,11 @@ def simulate(
     Columns: ``sensor_id``, ``ts`` (epoch ms), one per feature, ``label`` (1 inside an
     anomaly window) and ``anomaly_kind`` ("" outside).  About one anomaly every
     ``anomaly_every`` readings per sensor, none in the first ``margin`` readings.
-    Sensor ids are ``<id_prefix><n>``; the prefix defaults to ``s<seed>-`` so fleets of
-    different seeds are different sensors.
+    ``fleet_seed`` (default: ``seed``) draws the sensors themselves (levels, scales,
+    seasonal shapes, noise levels) and their ids ``<id_prefix><n>`` (prefix
+    ``s<fleet_seed>-``); ``seed`` draws what happens to them (noise, regime changes,
+    anomalies).  So ``fleet_seed=1, seed=2, start_step=5000`` is the future of the sensors
+    of ``seed=1``, with new noise and new anomalies, and ``seed=2`` alone is another fleet.
     """
     feats = list(features)
     if n_sensors < 1 or steps < 2:
@@ -107,23 +112,25 @@ def simulate(
     if bad:
         raise SimulationError(f"unknown anomaly kind(s) {bad}; known: {list(KINDS)}")
     kinds = [k for k in kinds if not (k == "correlated" and len(feats) < 2)]
-    # separate streams: the normal signal does not depend on which anomalies are injected
-    rng, arng, urng = (np.random.default_rng(ss) for ss in np.random.SeedSequence(seed).spawn(3))
+    # separate streams: the sensors (fleet_seed), their noise and regimes, their anomalies
+    fleet_seed = seed if fleet_seed is None else fleet_seed
+    prng = np.random.default_rng(np.random.SeedSequence(fleet_seed).spawn(3)[0])
+    rng, arng = (np.random.default_rng(ss) for ss in np.random.SeedSequence(seed).spawn(3)[1:])
     s_, t_, f_ = n_sensors, steps, len(feats)
-    t = np.arange(t_, dtype=np.float64)
+    t = start_step + np.arange(t_, dtype=np.float64)
 
     # normal behaviour, in the sensor's standard units (scaled later)
-    phase = rng.uniform(0, 2 * np.pi, (s_, 1, 1))
-    feat_phase = rng.normal(0, 0.3, (s_, 1, f_))
-    amp_d = rng.uniform(0.6, 1.0, (s_, 1, f_)) * rng.choice([-1.0, 1.0], (1, 1, f_))
-    amp_w = rng.uniform(0.1, 0.3, (s_, 1, f_))
-    w_phase = rng.uniform(0, 2 * np.pi, (s_, 1, 1))
+    phase = prng.uniform(0, 2 * np.pi, (s_, 1, 1))
+    feat_phase = prng.normal(0, 0.3, (s_, 1, f_))
+    amp_d = prng.uniform(0.6, 1.0, (s_, 1, f_)) * prng.choice([-1.0, 1.0], (1, 1, f_))
+    amp_w = prng.uniform(0.1, 0.3, (s_, 1, f_))
+    w_phase = prng.uniform(0, 2 * np.pi, (s_, 1, 1))
     weekly = amp_w * np.sin(2 * np.pi * t[None, :, None] / WEEK + w_phase)
-    trend = rng.uniform(-0.3, 0.3, (s_, 1, f_)) * t[None, :, None] / 4000.0  # about +-0.3 per 6 weeks
-    regime_gain = rng.uniform(0.4, 0.8, (s_, 1, f_)) * rng.choice([-1.0, 1.0], (s_, 1, f_))
+    trend = prng.uniform(-0.3, 0.3, (s_, 1, f_)) * t[None, :, None] / 4000.0  # about +-0.3 per 6 weeks
+    regime_gain = prng.uniform(0.4, 0.8, (s_, 1, f_)) * prng.choice([-1.0, 1.0], (s_, 1, f_))
     mode = _regimes(rng, s_, t_)[:, :, None]
-    sigma = rng.uniform(0.08, 0.15, (s_, 1, f_))
-    phi = rng.uniform(0.4, 0.7, (s_, 1, f_))
+    sigma = prng.uniform(0.08, 0.15, (s_, 1, f_))
+    phi = prng.uniform(0.4, 0.7, (s_, 1, f_))
     shocks = rng.normal(0.0, 1.0, (s_, t_, f_)) * sigma * np.sqrt(1 - phi**2)
     prev = rng.normal(0.0, 1.0, (s_, f_)) * sigma[:, 0]
     base_level = regime_gain * mode + weekly + trend
@@ -188,14 +195,14 @@ def simulate(
     scale = np.empty((s_, 1, f_))
     for j, name in enumerate(feats):
         b0, s0 = FEATURE_UNITS.get(name, (0.0, 1.0))
-        base[:, 0, j] = b0 + abs(b0) * urng.uniform(-0.2, 0.2, s_) if b0 else urng.normal(0, 1, s_)
-        scale[:, 0, j] = s0 * urng.uniform(0.7, 1.3, s_)
+        base[:, 0, j] = b0 + abs(b0) * prng.uniform(-0.2, 0.2, s_) if b0 else prng.normal(0, 1, s_)
+        scale[:, 0, j] = s0 * prng.uniform(0.7, 1.3, s_)
     values = base + scale * x
 
-    prefix = f"s{seed}-" if id_prefix is None else id_prefix
+    prefix = f"s{fleet_seed}-" if id_prefix is None else id_prefix
     width = max(3, len(str(s_ - 1)))
     ids = np.array([f"{prefix}{i:0{width}d}" for i in range(s_)], dtype=object)
-    ts = start_ms + np.arange(t_, dtype=np.int64) * step_ms
+    ts = start_ms + (start_step + np.arange(t_, dtype=np.int64)) * step_ms
     # time-major order: every sensor's reading at t, then t+1 (as a fleet would send them)
     df = pd.DataFrame({"sensor_id": np.tile(ids, t_), "ts": np.repeat(ts, s_)})
     vt = values.transpose(1, 0, 2).reshape(t_ * s_, f_)
@@ -306,6 +313,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=4000, help="readings per sensor, one per 15 min (default 4000)")
     p.add_argument("--features", default="temp,rpm,vib", help="comma-separated feature names (default temp,rpm,vib)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the sensor ids carry it (s<seed>-NNN)")
+    p.add_argument("--fleet-seed", type=int, default=None, help="seed of the sensors themselves (default: --seed); same fleet seed, other seed = same sensors, new data")
+    p.add_argument("--start-step", type=int, default=0, help="first reading's index (e.g. the previous run's --steps, to simulate the future of the same fleet)")
     p.add_argument("--anomaly-every", type=int, default=400, help="about one anomaly per this many readings per sensor")
     p.add_argument("--kinds", default=",".join(KINDS), help=f"anomaly kinds to inject (default all: {','.join(KINDS)})")
     p.add_argument("--out", type=Path, default=None, help="write a .csv/.parquet file (label and anomaly_kind included)")
@@ -326,7 +335,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         feats = parse_features(args.features)
         df = simulate(args.sensors, args.steps, feats, args.seed, anomaly_every=args.anomaly_every,
-                      kinds=parse_features(args.kinds))
+                      kinds=parse_features(args.kinds), fleet_seed=args.fleet_seed, start_step=args.start_step)
     except (SimulationError, argparse.ArgumentTypeError) as e:
         log.error("%s", e)
         return 2

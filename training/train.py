@@ -55,7 +55,7 @@ class TrainConfig:
     long_window: int = 1000
     false_alarm_rate: float = 1e-4
     flat_window: int = 8  # flatline statistic: changes looked at (0 = off)
-    jitter: float = 0.3  # scaling jitter per sensor and epoch (offset sd; log-scale sd is half of it)
+    jitter: float = 1.0  # scaling jitter per sensor and epoch (offset sd; log-scale sd is half of it)
     min_delta: float = 0.002  # relative val_loss improvement that counts
     min_readings: int = 8
     unsorted: str = "sort"
