@@ -3,6 +3,16 @@ or an external one named by ``SLOTWATCH_TEST_BOOTSTRAP=host:port``.
 
 Helpers create uniquely named topics and read topics back without a consumer group
 (``assign`` + seek to beginning), which is fast on the test broker.
+
+Measured with the worker on this broker (tansu 0.6, loopback, 2 shared cores):
+
+- with :data:`FAST_GROUP` a worker gets its partitions ~3 s after subscribing, also right
+  after a ``kill -9`` of the previous member; a second member joining and the first leaving
+  each rebalanced within a few seconds (two-worker test: 17 s in all, two worker starts included);
+- SIGSTOP of the broker: the worker's /readyz turns 503 within ~7 s (lag probe every 5 s,
+  2 s timeout); after SIGCONT it carries on and nothing is lost;
+- the worker scored ~14k readings/s (1,000 sensors, B=1024, 32 LSTM units, anomalies only)
+  and ~5k readings/s when publishing every score (kafka-python's ``send`` is the bottleneck).
 """
 
 from __future__ import annotations

@@ -220,3 +220,65 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(kafka_broker, art1, ar
     assert len(by_offset) == len(every)
     assert all(len(v) == 1 for v in by_offset.values())
     assert sum(1 for r in recs) == len(every) + len(parts[1])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_partitions_move_between_two_workers_without_loss(kafka_broker, art1, artifact_1f, tmp_path):
+    """A second worker joins (rebalance: revoke -> checkpoint+commit -> assign -> restore), then the
+    first leaves; the state that ends up in the checkpoints equals one uninterrupted run."""
+    import time
+
+    data, ids = _fleet(n=16, steps=30, seed=13, spike=False)
+    topics = kafka_broker.topics("rebalance", partitions=4)
+    part = partition_by_index(4)
+    chunks = [fleet_messages(data[:, :10], ids, ["temp"]), fleet_messages(data[:, :20], ids, ["temp"], start=10),
+              fleet_messages(data, ids, ["temp"], start=20)]
+    s = worker_settings(kafka_broker, topics, artifact_1f, tmp_path / "ck", checkpoint={"interval_s": 1.0})
+    kafka_broker.produce(topics["readings"], chunks[0], part)
+    a = RunningWorker(s, artifact=art1)
+    a.wait_consumed(len(chunks[0]))
+    b = RunningWorker(s, artifact=art1)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        pa, pb = a.worker.restored, b.worker.restored
+        if pa and pb and len(pa | pb) == 4 and not pa & pb:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"no rebalance: {a.worker.restored} / {b.worker.restored}")
+    kafka_broker.produce(topics["readings"], chunks[1], part)
+    consumed = lambda: a.metrics.consumed._value.get() + b.metrics.consumed._value.get()  # noqa: E731
+    deadline = time.monotonic() + 60
+    while consumed() < len(chunks[0]) + len(chunks[1]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert a.stop() == 0  # leaves the group: b takes every partition from a's final checkpoints
+    kafka_broker.produce(topics["readings"], chunks[2], part)
+    deadline = time.monotonic() + 120
+    while (len(b.worker.restored) < 4 or any(b.worker.applied.get(p, -1) + 1 < n for p, n in _ends(chunks, part).items())) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert b.stop() == 0
+
+    every = chunks[0] + chunks[1] + chunks[2]
+    codec = ReadingCodec(["temp"])
+    ref, _ = reference_detector(art1, s, [codec.decode(v) for _, v in every])
+    states = final_states(tmp_path / "ck", topics["readings"])
+    assert sorted(states) == sorted(ids)
+    for sid in ids:
+        np.testing.assert_allclose(states[sid][0], ref.sensor_state(sid), atol=1e-6)
+        assert states[sid][2] == 30
+    recs = kafka_broker.read_all(topics["scores"], expect=None, idle=3.0)
+    by_key: dict = {}
+    for r in recs:
+        d = json.loads(r.value)
+        by_key.setdefault((d["partition"], d["offset"]), set()).add(r.value)
+    assert len(by_key) == len(every) and all(len(v) == 1 for v in by_key.values())
+
+
+def _ends(chunks, part) -> dict[int, int]:
+    n: dict[int, int] = {}
+    for c in chunks:
+        for k, _ in c:
+            n[part(k)] = n.get(part(k), 0) + 1
+    return n

@@ -507,10 +507,11 @@ class Worker:
             self.restored.discard(p)
             self.applied.pop(p, None)
             self.checkpointed.pop(p, None)
-            try:
-                self.metrics.lag.remove(str(p))
-            except KeyError:
-                pass
+            for gauge in (self.metrics.lag, self.metrics.committed_offset):
+                try:
+                    gauge.remove(str(p))
+                except KeyError:
+                    pass
         self._update_core_metrics()
         self._ready_checks()
 
