@@ -136,6 +136,7 @@ class LSTMAutoencoder:
 def _series(df, features):
     """Per sensor: (row positions, values (T, F)) in time order."""
     out = {}
+    df = df.reset_index(drop=True)  # positions, whatever the caller's index
     for sid, g in df.groupby("sensor_id", sort=True):
         g = g.sort_values("ts_ms", kind="stable")
         out[str(sid)] = (g.index.to_numpy(), g[features].to_numpy(dtype=np.float64), g["label"].to_numpy() if "label" in g else np.zeros(len(g)))
@@ -150,69 +151,90 @@ def _threshold(scores_normal: np.ndarray, rate: float) -> float:
     return float(np.nextafter(s[s.size - 1 - k], np.inf))
 
 
-def run_baselines(train_df, test_df, features: list[str], *, false_alarm_rate: float = 1e-4, val_fraction: float = 0.2,
-                  warmup: int = 192, ae_epochs: int = 6, ae_max_windows: int = 40_000, seed: int = 0,
-                  progress: bool = False) -> dict[str, np.ndarray]:
-    """Fit and calibrate both baselines on ``train_df``; flags (aligned with ``test_df`` rows) of each.
+class Baselines:
+    """Both baselines fitted and calibrated on one training frame; :meth:`flags` scores others.
 
-    Each sensor's first ``warmup`` readings are never flagged (as slotwatch's unseen sensors).
-    The autoencoder scales each sensor by the mean/std of its first ``warmup`` readings (as
-    slotwatch learns an unseen sensor's scaling).
+    Calibration: each threshold flags at most ``false_alarm_rate`` of the normal readings in
+    the latest ``val_fraction`` of every training sensor (the rule slotwatch's threshold
+    follows).  Each sensor's first ``warmup`` readings are never flagged (slotwatch does not
+    flag an unseen sensor during its warm-up either), and the autoencoder scales each sensor
+    by the mean/std of those readings (as slotwatch learns an unseen sensor's scaling).
     """
-    from training.calibrate import AFTER_ANOMALY
 
-    train = _series(train_df, features)
-    test = _series(test_df, features)
-    results: dict[str, np.ndarray] = {}
+    names = ("rolling z-score (w=100)", "LSTM autoencoder (w=64)")
 
-    def normal_mask(lab, n):
+    def __init__(self, features: list[str], *, false_alarm_rate: float = 1e-4, val_fraction: float = 0.2, warmup: int = 192,
+                 ae_epochs: int = 6, ae_max_windows: int = 40_000, seed: int = 0) -> None:
+        self.features = list(features)
+        self.false_alarm_rate = false_alarm_rate
+        self.val_fraction = val_fraction
+        self.warmup = warmup
+        self.ae_epochs = ae_epochs
+        self.ae_max_windows = ae_max_windows
+        self.seed = seed
+        self.thresholds: dict[str, float] = {}
+        self.ae: LSTMAutoencoder | None = None
+
+    def _scaled(self, v: np.ndarray) -> np.ndarray:
+        head = v[: self.warmup]
+        return (v - head.mean(axis=0)) / np.maximum(head.std(axis=0), 1e-9)
+
+    def _normal_mask(self, lab: np.ndarray) -> np.ndarray:
+        from training.calibrate import AFTER_ANOMALY
+
+        n = len(lab)
         m = lab == 0
         bad = ~m
         for k in range(1, AFTER_ANOMALY + 1):
             m[k:] &= ~bad[:-k]
-        m[: int(n * (1 - val_fraction))] = False
-        m[:warmup] = False
+        m[: int(n * (1 - self.val_fraction))] = False
+        m[: self.warmup] = False
         return m
 
-    # rolling z-score
-    normal = [RollingZScore.score_series(v)[normal_mask(lab.copy(), len(v))] for _, v, lab in train.values()]
-    thr = _threshold(np.concatenate(normal), false_alarm_rate)
-    flags = np.zeros(len(test_df), bool)
-    for pos, v, _ in test.values():
-        s = RollingZScore.score_series(v)
-        s[:warmup] = 0.0
-        flags[pos] = s >= thr
-    results["rolling z-score (w=100)"] = flags
-    log.info("rolling z-score: threshold %.3f", thr)
+    def _scores(self, name: str, v: np.ndarray) -> np.ndarray:
+        if name == self.names[0]:
+            return RollingZScore.score_series(v)
+        return self.ae.score_series(self._scaled(v))
 
-    # LSTM autoencoder
-    def scaled(v):
-        head = v[:warmup]
-        return (v - head.mean(axis=0)) / np.maximum(head.std(axis=0), 1e-9)
+    def fit(self, train_df, progress: bool = False) -> "Baselines":
+        train = _series(train_df, self.features)
+        ae = LSTMAutoencoder(len(self.features), seed=self.seed)
+        wins = []
+        for _, v, lab in train.values():
+            xs = self._scaled(v)
+            cut = int(len(v) * (1 - self.val_fraction))
+            if cut < ae.window:
+                continue
+            ok = (lab[:cut] == 0).astype(np.int8)
+            sw = np.lib.stride_tricks.sliding_window_view(xs[:cut].astype(np.float32), ae.window, axis=0).transpose(0, 2, 1)
+            clean = np.lib.stride_tricks.sliding_window_view(ok, ae.window).all(axis=1)
+            wins.append(sw[clean][:: max(1, ae.window // 8)])
+        wins = np.concatenate(wins)
+        if len(wins) > self.ae_max_windows:
+            wins = wins[np.random.default_rng(self.seed).choice(len(wins), self.ae_max_windows, replace=False)]
+        losses = ae.fit(wins, epochs=self.ae_epochs, seed=self.seed, progress=progress)
+        self.ae = ae
+        log.info("LSTM autoencoder: %d training windows, loss per epoch %s", len(wins), [round(x, 4) for x in losses])
+        for name in self.names:
+            normal = [self._scores(name, v)[self._normal_mask(lab.copy())] for _, v, lab in train.values()]
+            self.thresholds[name] = _threshold(np.concatenate(normal), self.false_alarm_rate)
+            log.info("%s: threshold %.4f", name, self.thresholds[name])
+        return self
 
-    ae = LSTMAutoencoder(len(features), seed=seed)
-    wins = []
-    for _, v, lab in train.values():
-        xs = scaled(v)
-        cut = int(len(v) * (1 - val_fraction))
-        ok = (lab[:cut] == 0).astype(np.int8)
-        if cut < ae.window:
-            continue
-        sw = np.lib.stride_tricks.sliding_window_view(xs[:cut].astype(np.float32), ae.window, axis=0).transpose(0, 2, 1)
-        clean = np.lib.stride_tricks.sliding_window_view(ok, ae.window).all(axis=1)
-        wins.append(sw[clean][:: max(1, ae.window // 8)])
-    wins = np.concatenate(wins)
-    if len(wins) > ae_max_windows:
-        wins = wins[np.random.default_rng(seed).choice(len(wins), ae_max_windows, replace=False)]
-    losses = ae.fit(wins, epochs=ae_epochs, seed=seed, progress=progress)
-    log.info("LSTM autoencoder: %d training windows, loss per epoch %s", len(wins), [round(x, 4) for x in losses])
-    normal = [ae.score_series(scaled(v))[normal_mask(lab.copy(), len(v))] for _, v, lab in train.values()]
-    thr = _threshold(np.concatenate(normal), false_alarm_rate)
-    flags = np.zeros(len(test_df), bool)
-    for pos, v, _ in test.values():
-        s = ae.score_series(scaled(v))
-        s[:warmup] = 0.0
-        flags[pos] = s >= thr
-    results["LSTM autoencoder (w=64)"] = flags
-    log.info("LSTM autoencoder: threshold %.4f", thr)
-    return results
+    def flags(self, test_df) -> dict[str, np.ndarray]:
+        """Flags of every baseline, aligned with the rows of ``test_df``."""
+        test = _series(test_df, self.features)
+        out = {}
+        for name in self.names:
+            flags = np.zeros(len(test_df), bool)
+            for pos, v, _ in test.values():
+                s = self._scores(name, v)
+                s[: self.warmup] = 0.0
+                flags[pos] = s >= self.thresholds[name]
+            out[name] = flags
+        return out
+
+
+def run_baselines(train_df, test_df, features: list[str], *, progress: bool = False, **kw) -> dict[str, np.ndarray]:
+    """Fit both baselines on ``train_df`` and return their flags on ``test_df`` (see :class:`Baselines`)."""
+    return Baselines(features, **kw).fit(train_df, progress=progress).flags(test_df)

@@ -111,9 +111,13 @@ def kinds_md(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def evaluate(model_path, data_path, report_dir, *, baselines_train=None, slots: int = 256, plots: int = 6,
+def evaluate(model_path, data_path, report_dir, *, baselines_train=None, baselines=None, slots: int = 256, plots: int = 6,
              progress: bool = True, threshold: float | None = None, settings=None) -> dict:
-    """The whole evaluation; returns the summary (also written to ``report_dir/summary.json``)."""
+    """The whole evaluation; returns the summary (also written to ``report_dir/summary.json``).
+
+    Baselines: fitted on ``baselines_train`` (a file), or ``baselines`` already fitted
+    (:class:`training.baselines.Baselines`).
+    """
     import time
 
     from training.metrics import frame_scores
@@ -141,11 +145,13 @@ def evaluate(model_path, data_path, report_dir, *, baselines_train=None, slots: 
     log.info("slotwatch %s: window F1 %.3f (P %.3f, R %.3f), median delay %s, %.2f false alarms / 1000 readings",
              a.version, summ["window_f1"], summ["window_precision"], summ["window_recall"], summ["median_delay"],
              summ["false_alarms_per_1000"])
-    if baselines_train is not None:
-        from training import baselines as bl
+    if baselines is None and baselines_train is not None:
+        from training.baselines import Baselines
 
         train_df, _ = load_readings(baselines_train, feats)
-        for name, flags in bl.run_baselines(train_df, df, feats, progress=progress).items():
+        baselines = Baselines(feats).fit(train_df, progress=progress)
+    if baselines is not None:
+        for name, flags in baselines.flags(df).items():
             s2, _ = frame_scores(df.assign(ts=df["ts_ms"], is_anomaly=flags))
             results[name] = s2
             log.info("%s: window F1 %.3f (P %.3f, R %.3f), median delay %s, %.2f false alarms / 1000 readings", name,
