@@ -51,6 +51,10 @@ EXIT_CONFIG = 2  # bad settings or artifact
 EXIT_CHECKPOINT = 3  # checkpoint does not fit (model version) or is unreadable
 EXIT_GRACE = 4  # shutdown did not finish within the grace period
 
+#: dead letters keep the original bytes up to this size (the producer's request limit is 1 MiB);
+#: a longer value is cut and gets a ``truncated_from`` header with its original size
+DEAD_LETTER_MAX_BYTES = 900_000
+
 
 class FatalCheckpointError(RuntimeError):
     pass
@@ -269,6 +273,8 @@ class Worker:
         for rej, raw in rejects:
             self._dead_letter(rej, raw)
         self._update_core_metrics()
+        if len(self.outbox) > 20_000:
+            self._prune_outbox()
         m.consumed.inc(n_consumed)  # last, so that a scrape never sees consumed > scored + rejected + skipped
         self.since_checkpoint += n_consumed
 
@@ -277,8 +283,12 @@ class Worker:
 
         self.metrics.rejected.labels(rej.reason).inc()
         key = rej.sensor_id.encode("utf-8") if rej.sensor_id else None
-        self._send(self.settings.kafka.dead_letter_topic, key, raw if raw is not None else b"",
-                   dead_letter_headers(rej, self.topic), "dead_letter")
+        value = raw if raw is not None else b""
+        headers = dead_letter_headers(rej, self.topic)
+        if len(value) > DEAD_LETTER_MAX_BYTES:  # would exceed the producer's request size: keep the head
+            headers.append(("truncated_from", str(len(value)).encode()))
+            value = value[:DEAD_LETTER_MAX_BYTES]
+        self._send(self.settings.kafka.dead_letter_topic, key, value, headers, "dead_letter")
         log.warning("rejected reading (%s): %s", rej.reason, rej.detail,
                     extra={"sensor_id": rej.sensor_id, "partition": rej.partition, "offset": rej.offset, "reason": rej.reason})
 
@@ -313,6 +323,18 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - metadata timeout while the broker is away: retried in _deliver
             log.warning("produce to %s failed (%s); will retry", topic, e)
         self.outbox.append(item)
+
+    def _prune_outbox(self) -> None:
+        """Forget outputs already acknowledged (keeps memory flat between checkpoints)."""
+        keep = []
+        published = self.metrics.published
+        for item in self.outbox:
+            fut = item[0]
+            if fut is not None and fut.is_done and fut.succeeded():
+                published.labels(item[5]).inc()
+            else:
+                keep.append(item)
+        self.outbox = keep
 
     def _deliver(self, deadline: float | None = None) -> bool:
         """Flush the producer until every output since the last round is acknowledged.
