@@ -345,8 +345,9 @@ class Worker:
         backoff = self.settings.kafka.retry_backoff_ms / 1000
         published = self.metrics.published
         while True:
+            wait = 10.0 if deadline is None else max(0.1, min(10.0, deadline - time.monotonic()))
             try:
-                self.producer.flush(timeout=10.0)
+                self.producer.flush(timeout=wait)
             except Exception as e:  # noqa: BLE001 - KafkaTimeoutError
                 log.warning("flush did not complete: %s", e)
             retry, pending = [], []
@@ -365,6 +366,8 @@ class Worker:
             log.warning("%d outputs not acknowledged yet; retrying in %.1f s", len(self.outbox), backoff)
             if deadline is not None and time.monotonic() + backoff > deadline:
                 return False
+            if deadline is None and self._stop.is_set():
+                return False  # shutting down during an outage: _close tries once more within the grace period
             time.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
             for item in retry:
