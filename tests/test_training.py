@@ -276,3 +276,60 @@ def test_autoencoder_batch_equals_one_at_a_time():
     batch = ae.score_series(xs)
     one = [ae.score_one(x) for x in xs]
     np.testing.assert_allclose(batch, one, rtol=1e-4, atol=1e-5)
+
+
+def test_flatline_statistic_flags_a_stuck_sensor_through_the_core(trained, small_fleet):
+    from worker.core import artifact as art
+    from worker.core.detector import SlotDetector
+    from worker.core.readings import Reading
+
+    out, _ = trained
+    a = art.load(out)
+    cal = a.manifest.calibration
+    assert cal.flat_window == 6 and cal.flat_limit > 0
+    g = small_fleet[small_fleet["sensor_id"] == "s11-000"]
+    g = g[g["label"] == 0].iloc[:150]
+    vals = g[FEATS].to_numpy()
+    ts = g["ts"].to_numpy()
+    step = int(ts[1] - ts[0])
+    stuck = [vals[-1]] * 20  # the sensor repeats its last reading
+    rs = [Reading("s11-000", int(t), v) for t, v in zip(ts, vals)]
+    rs += [Reading("s11-000", int(ts[-1]) + step * (k + 1), np.array(v)) for k, v in enumerate(stuck)]
+    res = SlotDetector(a, slots=2).process(rs)
+    flags = [r.is_anomaly for r in res[150:]]
+    first = flags.index(True)  # flagged ...
+    assert first <= cal.flat_window  # ... within the window of the statistic
+    assert all(flags[first:])  # and for as long as it stays stuck
+    assert all(r.score >= a.manifest.calibration.threshold for r in res[150 + first :])
+    off = art.Artifact(a.path, art.Manifest.from_json(a.manifest.to_json()), a.model)
+    off.manifest.calibration.flat_limit = 0.0  # statistic off: the next-reading error alone misses it
+    res_off = SlotDetector(off, slots=2).process(rs)
+    assert sum(r.is_anomaly for r in res_off[150 + cal.flat_window :]) < len(stuck) - cal.flat_window
+
+
+@pytest.mark.kafka
+def test_simulate_to_kafka_then_train_from_a_time_range(kafka_broker, tmp_path, monkeypatch, capfd):
+    from training.simulate import produce
+    from training.train import load_kafka
+    from worker.cli import main
+    from worker.core import artifact as art
+    from worker.settings import Settings
+
+    topic = kafka_broker.topics("train", partitions=2, names=("readings",))["readings"]
+    df = simulate(3, 200, FEATS, seed=21, anomaly_every=100, margin=30)
+    settings = Settings(kafka={"bootstrap_servers": kafka_broker.bootstrap, "readings_topic": topic})
+    assert produce(df, FEATS, settings, progress=False) == 600
+    ts = np.sort(df["ts"].unique())
+    since, until = int(ts[50]), int(ts[150])
+    got = load_kafka(settings, FEATS, since, until, progress=False)
+    want = df[(df["ts"] >= since) & (df["ts"] < until)]
+    assert len(got) == len(want) == 300
+    merged = got.merge(want, left_on=["sensor_id", "ts_ms"], right_on=["sensor_id", "ts"], suffixes=("", "_file"))
+    assert len(merged) == 300 and np.allclose(merged["temp"], merged["temp_file"])
+    monkeypatch.setenv("SLOTWATCH_KAFKA__BOOTSTRAP_SERVERS", kafka_broker.bootstrap)
+    rc = main(["train", "--from-kafka", "--topic", topic, "--since", str(since), "--until", str(until), "--features", "temp,rpm",
+               "--out", str(tmp_path / "m"), "--epochs", "1", "--units", "4", "--warmup", "8", "--no-progress"])
+    assert rc == 0, capfd.readouterr().err
+    m = art.load(tmp_path / "m").manifest
+    assert m.training["rows"] == 300 and m.training["sources"][0].startswith(f"kafka:{topic}")
+    assert f"-topic-{topic}"[:30].replace(".", "-") in m.model_version
