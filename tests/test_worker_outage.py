@@ -98,3 +98,34 @@ def test_checkpoint_of_another_model_version_is_refused_unless_fresh_start_allow
     scores = [json.loads(r.value) for r in kafka_broker.read_all(topics["scores"], expect=len(first) + len(second))]
     new = [x for x in scores if x["model_version"] == "test-other-version"]
     assert len(new) == len(second) and all(x["warming_up"] for x in new[: len(ids)])
+
+
+@pytest.mark.skipif(bool(os.environ.get("SLOTWATCH_TEST_BOOTSTRAP")), reason="pauses its own embedded broker")
+def test_stop_during_an_outage_checkpoints_and_exits_within_the_grace_period(artifact_1f, tmp_path):
+    from worker.checkpointing.store import CheckpointStore
+    from worker.kafka.embedded import EmbeddedBroker
+
+    a = art.load(artifact_1f)
+    data = sine_fleet(4, 12, 1, seed=10)
+    msgs = fleet_messages(data, [f"s{i}" for i in range(4)], ["temp"])
+    with EmbeddedBroker() as eb:
+        broker = TestBroker(eb.bootstrap, eb)
+        topics = broker.topics("stop-outage")
+        s = worker_settings(broker, topics, artifact_1f, tmp_path / "ck", shutdown_grace_s=8.0,
+                            kafka={"request_timeout_ms": 3000})
+        broker.produce(topics["readings"], msgs)
+        w = RunningWorker(s, artifact=a)
+        w.wait_consumed(len(msgs))
+        time.sleep(0.5)  # let the producer send the outputs (they are flushed at the checkpoint)
+        eb.pause()
+        try:
+            t0 = time.monotonic()
+            w.worker.request_stop()
+            w.thread.join(30)
+            took = time.monotonic() - t0
+        finally:
+            eb.resume()
+        assert not w.thread.is_alive() and w.code == 0
+        assert took < s.shutdown_grace_s, took
+        ck = CheckpointStore(tmp_path / "ck", topics["readings"]).load(0)
+        assert ck is not None and ck.next_offset == len(msgs)

@@ -36,8 +36,8 @@ def worker_settings(broker, topics: dict, model_path: Path, ckpt: Path, **over) 
     model_s.update(over.pop("model", {}))
     ck = dict(dir=str(ckpt), interval_s=30.0)
     ck.update(over.pop("checkpoint", {}))
-    return Settings(kafka=kafka, model=model_s, checkpoint=ck, metrics={"host": "127.0.0.1", "port": 0},
-                    shutdown_grace_s=20.0, **over)
+    over.setdefault("shutdown_grace_s", 20.0)
+    return Settings(kafka=kafka, model=model_s, checkpoint=ck, metrics={"host": "127.0.0.1", "port": 0}, **over)
 
 
 def fleet_messages(data: np.ndarray, ids: list[str], features: list[str], t0: int = T0, start: int = 0):
