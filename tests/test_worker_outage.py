@@ -129,3 +129,18 @@ def test_stop_during_an_outage_checkpoints_and_exits_within_the_grace_period(art
         assert took < s.shutdown_grace_s, took
         ck = CheckpointStore(tmp_path / "ck", topics["readings"]).load(0)
         assert ck is not None and ck.next_offset == len(msgs)
+
+
+def test_checkpoint_that_does_not_fit_changed_settings_stops_the_worker(kafka_broker, artifact_1f, tmp_path):
+    a = art.load(artifact_1f)
+    msgs = fleet_messages(sine_fleet(3, 6, 1, seed=2), ["s0", "s1", "s2"], ["temp"])
+    topics = kafka_broker.topics("recent")
+    s = worker_settings(kafka_broker, topics, artifact_1f, tmp_path / "ck")
+    kafka_broker.produce(topics["readings"], msgs)
+    w = RunningWorker(s, artifact=a)
+    w.wait_consumed(len(msgs))
+    assert w.stop() == 0
+    s.model.recent_readings = 4  # the checkpoint holds rings of 16 readings
+    w = RunningWorker(s, artifact=a)
+    w.thread.join(60)
+    assert w.code == EXIT_CHECKPOINT

@@ -501,7 +501,15 @@ class Worker:
                 self.applied[p] = ck.next_offset - 1
                 self.consumer.seek(tp, ck.next_offset)
             elif ck is not None:
-                n = self.detector.import_partition(ck.columns) if ck.n_sensors else 0
+                try:
+                    n = self.detector.import_partition(ck.columns) if ck.n_sensors else 0
+                except (ValueError, KeyError) as e:  # columns of another shape: settings changed
+                    self.detector.drop_partition(p)
+                    self._fatal = FatalCheckpointError(
+                        f"partition {p}: checkpoint {self.store.generations(p)[0]} does not fit the current settings "
+                        f"({e}); was SLOTWATCH_MODEL__RECENT_READINGS changed? Restore the old settings, or move the "
+                        "checkpoint folder away to start fresh.")
+                    return
                 self.applied[p] = ck.next_offset - 1
                 self.checkpointed[p] = ck.next_offset
                 self.consumer.seek(tp, ck.next_offset)
@@ -525,7 +533,11 @@ class Worker:
             log.warning("partitions %s lost (evicted from the group); dropping their state unsaved, the next owner "
                         "replays from the last checkpoint", parts)
         else:
-            ok = self._checkpoint(parts, deadline=time.monotonic() + 10.0, sync_commit=False)
+            try:
+                ok = self._checkpoint(parts, deadline=time.monotonic() + 10.0, sync_commit=False)
+            except Exception:  # noqa: BLE001 - the partitions are dropped below in any case
+                log.exception("checkpoint of revoked partitions %s failed", parts)
+                ok = False
             log.info("partitions %s revoked%s", parts, "" if ok else " (checkpoint failed; next owner replays)")
         for p in parts:
             self.detector.drop_partition(p)
@@ -545,11 +557,17 @@ def _Listener(worker: Worker):
     from kafka import ConsumerRebalanceListener
 
     class Listener(ConsumerRebalanceListener):
+        # an exception escaping a callback would only surface as a failed poll, again and again:
+        # an assignment that cannot be restored stops the worker instead (exit 3)
         def on_partitions_revoked(self, revoked):
             worker.on_revoked(revoked)
 
         def on_partitions_assigned(self, assigned):
-            worker.on_assigned(assigned)
+            try:
+                worker.on_assigned(assigned)
+            except Exception as e:  # noqa: BLE001
+                log.exception("restoring partitions %s failed", sorted(tp.partition for tp in assigned))
+                worker._fatal = FatalCheckpointError(f"restoring partitions failed: {e}")
 
         def on_partitions_lost(self, lost):
             worker.on_revoked(lost, lost=True)
