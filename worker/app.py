@@ -101,6 +101,7 @@ class Worker:
         self.applied: dict[int, int] = {}  # last offset applied (or skipped as already applied)
         self.restored: set[int] = set()  # partitions whose state is loaded and owned
         self.checkpointed: dict[int, int] = {}  # next_offset of the last durable checkpoint
+        self.committed: dict[int, int] = {}  # offset last committed to Kafka
         self.outbox: list[list] = []  # [future|None, topic, key, value, headers, kind]
         self.since_checkpoint = 0
         self.last_checkpoint = time.monotonic()
@@ -379,12 +380,21 @@ class Worker:
 
     # ------------------------------------------------------------------ checkpoints
     def _maybe_checkpoint(self) -> None:
+        """A round every ``interval_readings`` readings or ``interval_s`` seconds.
+
+        An idle round writes nothing (unchanged partitions are skipped) but still counts as a
+        success: everything applied is durable, so ``slotwatch_checkpoint_age_seconds`` only
+        grows while state is at risk (an idle worker must not trip the age alert).
+        """
         c = self.settings.checkpoint
-        due = self.since_checkpoint >= c.interval_readings or (
-            self.since_checkpoint > 0 and time.monotonic() - self.last_checkpoint >= c.interval_s
-        )
-        if due and self.restored:
+        due = self.since_checkpoint >= c.interval_readings or time.monotonic() - self.last_checkpoint >= c.interval_s
+        if not due:
+            return
+        if self.restored:
             self._checkpoint(sorted(self.restored))
+        elif not self.outbox:
+            self.metrics.checkpoint_last.set(time.time())
+            self.last_checkpoint = time.monotonic()
 
     def _checkpoint(self, partitions, *, deadline: float | None = None, sync_commit: bool = True) -> bool:
         """Flush outputs, write the partitions' checkpoints durably, then commit their offsets."""
@@ -411,7 +421,8 @@ class Worker:
                     _, n = self.store.save(ck)
                     total += n
                     self.checkpointed[p] = nxt
-                offsets[TopicPartition(self.topic, p)] = OffsetAndMetadata(nxt, f"slotwatch {self.model_version}", -1)
+                if self.committed.get(p) != nxt:
+                    offsets[TopicPartition(self.topic, p)] = OffsetAndMetadata(nxt, f"slotwatch {self.model_version}", -1)
         except OSError as e:
             m.checkpoint_failures.inc()
             log.error("checkpoint failed: %s (offsets not committed; retried next round)", e)
@@ -440,6 +451,8 @@ class Worker:
             return
         for tp, om in offsets.items():
             m.committed_offset.labels(str(tp.partition)).set(om.offset)
+            if sync:  # an async commit may still fail: commit again next round
+                self.committed[tp.partition] = om.offset
 
     def _maybe_probe(self, every_s: float = 5.0) -> None:
         """Every few seconds: end offsets of our partitions -> lag, and whether the broker answers."""
@@ -544,6 +557,7 @@ class Worker:
             self.restored.discard(p)
             self.applied.pop(p, None)
             self.checkpointed.pop(p, None)
+            self.committed.pop(p, None)
             for gauge in (self.metrics.lag, self.metrics.committed_offset):
                 try:
                     gauge.remove(str(p))
