@@ -164,7 +164,7 @@ class Baselines:
     names = ("rolling z-score (w=100)", "LSTM autoencoder (w=64)")
 
     def __init__(self, features: list[str], *, false_alarm_rate: float = 1e-4, val_fraction: float = 0.2, warmup: int = 192,
-                 ae_epochs: int = 6, ae_max_windows: int = 40_000, seed: int = 0) -> None:
+                 ae_epochs: int = 12, ae_max_windows: int = 40_000, seed: int = 0) -> None:
         self.features = list(features)
         self.false_alarm_rate = false_alarm_rate
         self.val_fraction = val_fraction
