@@ -110,7 +110,6 @@ class Worker:
         self._fatal: BaseException | None = None
         self._stats = self._stats_snapshot()
         self._last_probe = 0.0
-        self._last_process_s = 0.0
 
     # ------------------------------------------------------------------ control
     def request_stop(self) -> None:
@@ -218,7 +217,10 @@ class Worker:
 
     # ------------------------------------------------------------------ one poll
     def _handle(self, batch) -> None:
+        import numpy as np
+
         from worker.core.readings import Rejection, Score
+        from worker.metrics import observe_many
 
         m = self.metrics
         readings, origin = [], []
@@ -246,17 +248,15 @@ class Worker:
         if n_skipped:
             m.skipped.inc(n_skipped)
             log.info("skipped %d readings already applied (replay after a restart)", n_skipped)
-        t0 = time.perf_counter()
         results = self.detector.process(readings) if readings else []
-        self._last_process_s = time.perf_counter() - t0
         now = time.time()
         kafka = self.settings.kafka
         n_scored = 0
-        lat = m.latency
+        ts_scored = []
         for r, raw in zip(results, origin):
             if isinstance(r, Score):
                 n_scored += 1
-                lat.observe(max(0.0, now - r.ts_ms / 1000))
+                ts_scored.append(r.ts_ms)
                 if r.is_anomaly or kafka.publish_scores:
                     from worker.codec import encode_score
 
@@ -271,6 +271,8 @@ class Worker:
             else:
                 rejects.append((r, raw))
         m.scored.inc(n_scored)
+        if ts_scored:
+            observe_many(m.latency, np.maximum(0.0, now - np.asarray(ts_scored, dtype=np.float64) / 1000.0))
         for rej, raw in rejects:
             self._dead_letter(rej, raw)
         self._update_core_metrics()
@@ -298,16 +300,16 @@ class Worker:
         return (st.ticks, st.readings, st.page_ins, st.page_outs, st.resets_gap, st.resets_request, st.anomalies)
 
     def _update_core_metrics(self) -> None:
+        from worker.metrics import observe_many
+
         m, det = self.metrics, self.detector
         new = self._stats_snapshot()
         old, self._stats = self._stats, new
         ticks, reads, pin, pout, rgap, rreq, anom = (a - b for a, b in zip(new, old))
-        if ticks:
-            fill = reads / ticks / det.slots
-            per_tick = self._last_process_s / ticks  # the core ticks inside one call: the mean per tick
-            for _ in range(ticks):
-                m.batch_fill.observe(fill)
-                m.tick_seconds.observe(per_tick)
+        done = det.drain_ticks()
+        if done:
+            observe_many(m.tick_seconds, [sec for sec, _ in done])
+            observe_many(m.batch_fill, [n / det.slots for _, n in done])
         m.page_ins.inc(pin)
         m.page_outs.inc(pout)
         m.resets.labels("gap").inc(rgap)
@@ -615,6 +617,13 @@ def main(args: argparse.Namespace) -> int:
     setup_logging(settings.log)
     if settings.log.level != "DEBUG":  # kafka-python logs every refused connection at ERROR; the worker reports outages itself
         logging.getLogger("kafka.net").setLevel(logging.CRITICAL)
+    from worker.tf_threads import apply_tf_threads
+
+    try:
+        apply_tf_threads()
+    except ValueError as e:
+        log.error("%s", e)
+        return EXIT_CONFIG
     if args.create_topics:
         from worker.kafka.clients import ensure_topics
 
@@ -643,4 +652,7 @@ def main(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    from worker.runtime import tune_gc
+
+    tune_gc()  # after the model is loaded: freeze it out of the collector's way
     return worker.run()

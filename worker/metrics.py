@@ -88,6 +88,37 @@ class Metrics:
         return 0.0 if last == 0 else max(0.0, time.time() - last)
 
 
+def observe_many(hist: Histogram, values) -> None:
+    """``hist.observe(v)`` for every value, in one pass (numpy) instead of one locked call each.
+
+    Uses the client's internal bucket counters (stable across prometheus-client releases
+    for years); falls back to plain ``observe`` if they are not there.
+
+    >>> h = Histogram("demo_seconds", "demo", buckets=(0.01, 0.1), registry=CollectorRegistry())
+    >>> observe_many(h, [0.005, 0.05, 0.05, 3.0])
+    >>> [s.value for s in h.collect()[0].samples if s.name == "demo_seconds_bucket"]
+    [1.0, 3.0, 4.0]
+    """
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return
+    bounds = getattr(hist, "_upper_bounds", None)
+    buckets = getattr(hist, "_buckets", None)
+    total = getattr(hist, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for x in v.tolist():
+            hist.observe(x)
+        return
+    idx = np.searchsorted(np.asarray(bounds, dtype=np.float64), v, side="left")  # first bound >= v
+    counts = np.bincount(idx, minlength=len(bounds))
+    for i, c in enumerate(counts.tolist()):
+        if c:
+            buckets[i].inc(c)
+    total.inc(float(v.sum()))
+
+
 #: every metric family name the worker exposes (for deploy/ checks)
 def metric_names() -> set[str]:
     from prometheus_client.parser import text_string_to_metric_families

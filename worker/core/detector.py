@@ -21,6 +21,7 @@ never depends on how the stream was cut into batches.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -100,6 +101,7 @@ class SlotDetector:
         self.router = SlotRouter(slots, when_full)
         self.table = StateTable(f, self.engine.state_size, recent)
         self.stats = DetectorStats()
+        self._tick_log: list[tuple[float, int]] = []  # (seconds, readings) per tick, see drain_ticks
         self._x = np.zeros((slots, 1, f), np.float32)
         self._mask = np.zeros(slots, bool)
 
@@ -149,12 +151,18 @@ class SlotDetector:
             order = [s for s in order if len(groups[s]) > rnd]
         return out  # type: ignore[return-value]
 
+    def drain_ticks(self) -> list[tuple[float, int]]:
+        """(duration in seconds, readings) of every tick since the last call (for metrics)."""
+        log, self._tick_log = self._tick_log, []
+        return log
+
     def score_one(self, reading: Reading) -> Score | Rejection:
         """Score a single reading (a tick with one slot busy)."""
         return self.process([reading])[0]
 
     # ------------------------------------------------------------------ one tick
     def _tick(self, chunk: list[str], idx: list[int], readings: Sequence[Reading], out: list) -> None:
+        t_start = time.perf_counter()
         table, router, engine = self.table, self.router, self.engine
         c = table.cols
         index = table.index
@@ -283,6 +291,8 @@ class SlotDetector:
         expected = exp_s * std + mean
 
         st = self.stats
+        if len(self._tick_log) < 100_000:  # bounded if nobody drains it
+            self._tick_log.append((time.perf_counter() - t_start, n))
         st.ticks += 1
         st.readings += n
         st.slot_fill += n
