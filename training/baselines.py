@@ -17,6 +17,15 @@ readings of a sensor (scaled per sensor); every new reading re-scores the whole 
 the score is the reconstruction error of the newest reading.  ``score_one`` runs the
 network once per reading, as the textbook detector does; :meth:`LSTMAutoencoder.score_series`
 does the same for a whole series in batches (identical numbers, much faster).
+
+>>> ae = LSTMAutoencoder(n_features=1, window=8, units=4, seed=0)
+>>> xs = np.sin(np.arange(40.0) / 3)[:, None]
+>>> _ = ae.fit(np.lib.stride_tricks.sliding_window_view(xs, 8, axis=0).transpose(0, 2, 1), epochs=1)
+>>> for x in xs[:7]:
+...     ae.learn_one(x)
+>>> s = ae.score_one(xs[7])          # the window is full now: a reconstruction error
+>>> bool(s > 0), bool(np.isclose(s, ae.score_series(xs)[7], rtol=1e-4))
+(True, True)
 """
 
 from __future__ import annotations
