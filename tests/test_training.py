@@ -333,3 +333,23 @@ def test_simulate_to_kafka_then_train_from_a_time_range(kafka_broker, tmp_path, 
     m = art.load(tmp_path / "m").manifest
     assert m.training["rows"] == 300 and m.training["sources"][0].startswith(f"kafka:{topic}")
     assert f"-topic-{topic}"[:30].replace(".", "-") in m.model_version
+
+
+def test_simulate_and_train_commands_from_two_files(tmp_path, capfd):
+    from worker.cli import main
+    from worker.core import artifact as art
+
+    assert main(["simulate", "--sensors", "3", "--steps", "300", "--features", "temp,rpm", "--seed", "4", "--out", str(tmp_path / "all.csv")]) == 0
+    df = pd.read_csv(tmp_path / "all.csv", dtype={"sensor_id": str})
+    assert list(df.columns) == ["sensor_id", "ts", "temp", "rpm", "label", "anomaly_kind"] and len(df) == 900
+    cut = df["ts"].quantile(0.5)
+    df[df["ts"] > cut].to_csv(tmp_path / "b.csv", index=False)  # later half first: sorted (with a warning)
+    df[df["ts"] <= cut].to_csv(tmp_path / "a.csv", index=False)
+    rc = main(["train", "--data", str(tmp_path / "b.csv"), "--data", str(tmp_path / "a.csv"), "--out", str(tmp_path / "m"),
+               "--epochs", "1", "--units", "4", "--warmup", "8", "--seq-len", "32", "--no-progress"])
+    err = capfd.readouterr().err
+    assert rc == 0, err
+    assert "out of time order" in err
+    m = art.load(tmp_path / "m").manifest
+    assert m.features == ["temp", "rpm"] and m.training["rows"] == 900 and "-b-" in m.model_version
+    assert m.training["sources"] == [str(tmp_path / "b.csv"), str(tmp_path / "a.csv")]
