@@ -38,7 +38,9 @@ from benchmarks.common import RESULTS, result_path, write_results
 FEATURES = ["temp", "rpm", "vib"]
 
 
-def run(quick: bool = False, progress: bool = True, keep_reports: bool = True) -> dict:
+def run(quick: bool = False, progress: bool = True, keep_reports: bool = True, seeds: tuple[int, int, int] = (1, 2, 3),
+        baselines: bool = True) -> dict:
+    """Train on fleet ``seeds[0]``; test on a new fleet ``seeds[1]`` and on the same fleet later (``seeds[2]``)."""
     from training.baselines import Baselines
     from training.evaluate import evaluate
     from training.fleet import prepare_fleet
@@ -51,20 +53,20 @@ def run(quick: bool = False, progress: bool = True, keep_reports: bool = True) -
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         s, t = sizes["train"]
-        train_file = write_table(simulate(s, t, FEATURES, seed=1), d / "fleet-train.parquet")
+        train_file = write_table(simulate(s, t, FEATURES, seed=seeds[0]), d / "fleet-train.parquet")
         tests = {
-            "new fleet": simulate(*sizes["new"], FEATURES, seed=2),
-            "same fleet, later": simulate(*sizes["same"], FEATURES, seed=3, fleet_seed=1, start_step=t),
+            "new fleet": simulate(*sizes["new"], FEATURES, seed=seeds[1]),
+            "same fleet, later": simulate(*sizes["same"], FEATURES, seed=seeds[2], fleet_seed=seeds[0], start_step=t),
         }
         files = {k: write_table(v, d / f"test-{i}.parquet") for i, (k, v) in enumerate(tests.items())}
-        cfg = TrainConfig(progress=progress)
+        cfg = TrainConfig(progress=progress, epochs=10 if quick else TrainConfig.epochs)
         df, feats = load_files([train_file], FEATURES)
         fleet = prepare_fleet(df, feats, val_fraction=cfg.val_fraction)
         t1 = time.perf_counter()
         model = train(fleet, cfg, d / "models", "fleet-train", [str(train_file.name)])
         train_s = time.perf_counter() - t1
         t1 = time.perf_counter()
-        bl = Baselines(feats).fit(df.assign(ts=df["ts_ms"]), progress=progress)
+        bl = Baselines(feats, ae_epochs=6 if quick else 12).fit(df.assign(ts=df["ts_ms"]), progress=progress) if baselines else None
         baseline_fit_s = time.perf_counter() - t1
         results = {}
         for name, path in files.items():
@@ -87,10 +89,10 @@ def run(quick: bool = False, progress: bool = True, keep_reports: bool = True) -
         manifest = art.load(model).manifest
     new = results["new fleet"]["detectors"]
     ours = new["slotwatch"]
-    best_baseline = max(v["window_f1"] for k, v in new.items() if k != "slotwatch")
+    best_baseline = max([v["window_f1"] for k, v in new.items() if k != "slotwatch"] or [0.0])
     return {
         "settings": {
-            "quick": quick, "features": FEATURES, "train": sizes["train"], "new_fleet": sizes["new"], "same_fleet": sizes["same"],
+            "quick": quick, "seeds": list(seeds), "baselines": baselines, "features": FEATURES, "train": sizes["train"], "new_fleet": sizes["new"], "same_fleet": sizes["same"],
             "mode": manifest.training.get("mode"), "units": manifest.units, "jitter": cfg.jitter, "warmup": cfg.warmup,
             "false_alarm_rate": cfg.false_alarm_rate, "model_version": manifest.model_version,
             "epochs_run": manifest.metrics.get("epochs_run"),
@@ -124,17 +126,24 @@ def report(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smaller fleets (a few minutes)")
+    p.add_argument("--seeds", default="1,2,3", help="training fleet, new fleet, same-fleet-later seeds (default 1,2,3)")
+    p.add_argument("--no-baselines", action="store_true", help="slotwatch only (faster; no comparison)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    seeds = tuple(int(x) for x in args.seeds.split(","))
+    if len(seeds) != 3:
+        p.error("--seeds needs three numbers")
     from worker.logs import setup_logging
     from worker.tf_threads import apply_tf_threads
 
     setup_logging(level="INFO")
     apply_tf_threads()
-    res = run(quick=args.quick, progress=not args.no_progress)
-    path = write_results("quality", res)
+    default = seeds == (1, 2, 3) and not args.no_baselines
+    res = run(quick=args.quick, progress=not args.no_progress, seeds=seeds, baselines=not args.no_baselines, keep_reports=default)
+    suite = "quality" if default else f"quality-seeds-{'-'.join(map(str, seeds))}"
+    path = write_results(suite, res)
     md = report(res)
-    result_path("quality", "md").write_text(md)
+    result_path(suite, "md").write_text(md)
     print(md)
     print(f"results: {path}")
     return 0
