@@ -79,6 +79,9 @@ class KafkaSettings(BaseModel):
     max_message_bytes: int = Field(65536, gt=0, description="Readings larger than this are rejected (too_large).")
     max_poll_records: int = Field(2000, gt=0, description="Upper bound of readings per poll.")
     poll_timeout_ms: int = Field(200, ge=0, description="How long one poll waits for data.")
+    fetch_max_wait_ms: int = Field(
+        20, ge=0, description="How long the broker may hold a fetch for more data (latency floor; Kafka's default 500 adds up to 0.5 s)."
+    )
     session_timeout_ms: int = Field(10000, gt=0, description="Consumer group session timeout.")
     heartbeat_interval_ms: int = Field(3000, gt=0, description="Consumer group heartbeat interval.")
     max_poll_interval_ms: int = Field(300000, gt=0, description="Max time between polls before the group evicts us.")

@@ -75,6 +75,10 @@ class SlotEngine:
         self._read = tf.function(_read).get_concrete_function(spec_i)
         self._write = tf.function(_write).get_concrete_function(spec_i, spec_v)
         self._const = tf.constant
+        # compile now, not on the first reading: XLA compiles on first call (~0.3 s here)
+        self._step(self._const(np.zeros((slots, 1, n_features), np.float32)), self._const(np.zeros(slots, bool)))
+        self.read_state(np.zeros(1, np.int32))
+        self._write(self._const(np.zeros(0, np.int32)), self._const(np.zeros((0, self.state_size), np.float32)))
 
     def step(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Advance the masked slots by one reading each; returns expected values (B, F), before the step."""

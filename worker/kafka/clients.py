@@ -61,6 +61,7 @@ def make_consumer(k: KafkaSettings, **overrides):
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=k.max_poll_records,
+        fetch_max_wait_ms=k.fetch_max_wait_ms,
         session_timeout_ms=k.session_timeout_ms,
         heartbeat_interval_ms=k.heartbeat_interval_ms,
         max_poll_interval_ms=k.max_poll_interval_ms,
