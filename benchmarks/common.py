@@ -104,3 +104,18 @@ def md_table(rows: list[dict], cols: list[str]) -> str:
             cells.append(str(v))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def targets_md(targets: dict) -> list[str]:
+    """One line per target: measured against target, met or MISSED."""
+    return [f"- {name}: target {t['target']}, measured {t['measured']:.3g} — {'met' if t['met'] else 'MISSED'}"
+            for name, t in targets.items()]
+
+
+def finish(suite: str, res: dict, md: str) -> Path:
+    """Write a suite's JSON and Markdown, print the Markdown and where the results are."""
+    path = write_results(suite, res)
+    result_path(suite, "md").write_text(md)
+    print(md)
+    print(f"results: {path}")
+    return path

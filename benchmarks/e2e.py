@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from benchmarks.common import md_table, result_path, write_results
+from benchmarks.common import finish, md_table, targets_md
 
 FAST_GROUP = {"SLOTWATCH_KAFKA__SESSION_TIMEOUT_MS": "6000", "SLOTWATCH_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
               "SLOTWATCH_KAFKA__MAX_POLL_INTERVAL_MS": "30000"}
@@ -258,12 +258,6 @@ def _latency(bootstrap: str, topics: dict, rate: float, seconds: float, sensors:
             "source": "worker histogram slotwatch_end_to_end_latency_seconds (reading time stamp -> score), bucket-interpolated"}
 
 
-def _ts_ms(value: bytes) -> int:
-    from worker.core.readings import parse_ts
-
-    return parse_ts(json.loads(value)["ts"])
-
-
 def run(readings: int, sensors: int, latency_s: float, progress: bool = True) -> dict:
     from worker.kafka.clients import ensure_topics
     from worker.kafka.embedded import EmbeddedBroker, free_port
@@ -331,8 +325,7 @@ def report(res: dict) -> str:
         lines += [f"Latency at {low['rate']:,.0f} readings/s: p50 {low['p50_ms']:.1f} ms, p90 {low['p90_ms']:.1f} ms, "
                   f"p99 {low['p99_ms']:.1f} ms (machine CPU busy {100 * low['machine_cpu_busy']:.0f}%)", "",
                   f"Latency source: {lat['source']}.", ""]
-    for name, t in res["targets"].items():
-        lines.append(f"- {name}: target {t['target']}, measured {t['measured']:.3g} — {'met' if t['met'] else 'MISSED'}")
+    lines += targets_md(res.get("targets", {}))
     return "\n".join(lines) + "\n"
 
 
@@ -343,11 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-seconds", type=float, default=20.0, help="length of the latency run (default 20 s)")
     args = p.parse_args(argv)
     res = run(args.readings, args.sensors, args.latency_seconds)
-    path = write_results("e2e", res)
-    md = report(res)
-    result_path("e2e", "md").write_text(md)
-    print(md)
-    print(f"results: {path}")
+    finish("e2e", res, report(res))
     return 0
 
 

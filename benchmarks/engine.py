@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from benchmarks.common import Timer, md_table, result_path, write_results
+from benchmarks.common import Timer, finish, md_table, result_path, targets_md
 
 
 def _artifact(units: int, f: int):
@@ -198,8 +198,7 @@ def report(res: dict) -> str:
         f"stateless 64-window {res['baseline_stateless_window'][u]['readings_per_s']:,.0f}"
         for u in res["baseline_predict_per_reading"]))
     lines.append("")
-    for name, t in res.get("targets", {}).items():
-        lines.append(f"- {name}: target {t['target']}, measured {t['measured']:.2f} — {'met' if t['met'] else 'MISSED'}")
+    lines += targets_md(res.get("targets", {}))
     return "\n".join(lines) + "\n"
 
 
@@ -208,12 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a smaller grid (B up to 1024, units 64)")
     args = p.parse_args(argv)
     res = run(quick=args.quick)
-    path = write_results("engine", res)
-    md = report(res)
-    result_path("engine", "md").write_text(md)
+    finish("engine", res, report(res))
     chart(res["core"], res["baseline_predict_per_reading"], res["baseline_stateless_window"], result_path("engine", "png"))
-    print(md)
-    print(f"results: {path}")
     return 0
 
 

@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from benchmarks.common import Timer, md_table, result_path, write_results
+from benchmarks.common import Timer, finish, md_table, targets_md
 
 
 def _filled_table(n: int, units: int = 64, f: int = 1, recent: int = 16):
@@ -46,7 +46,7 @@ def _filled_table(n: int, units: int = 64, f: int = 1, recent: int = 16):
 
 
 def bench_checkpoint(n: int, units: int = 64) -> dict:
-    from worker.checkpointing.format import Checkpoint, decode, encode
+    from worker.checkpointing.format import Checkpoint, encode
     from worker.checkpointing.store import CheckpointStore
     from worker.state.table import StateTable
 
@@ -150,8 +150,7 @@ def report(res: dict) -> str:
              f"Paging, 10x more sensors than slots: {res['paging']['paged']['readings_per_s']:,.0f} readings/s vs "
              f"{res['paging']['fits']['readings_per_s']:,.0f} when every sensor keeps its slot "
              f"({res['paging']['slowdown']:.2f}x slower; {res['paging']['paged']['page_outs']:,} page-outs)", ""]
-    for name, t in res["targets"].items():
-        lines.append(f"- {name}: target {t['target']}, measured {t['measured']:.3g} — {'met' if t['met'] else 'MISSED'}")
+    lines += targets_md(res.get("targets", {}))
     return "\n".join(lines) + "\n"
 
 
@@ -160,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="10k and 100k sensors only")
     args = p.parse_args(argv)
     res = run(quick=args.quick)
-    path = write_results("state", res)
-    md = report(res)
-    result_path("state", "md").write_text(md)
-    print(md)
-    print(f"results: {path}")
+    finish("state", res, report(res))
     return 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks.common import md_table, result_path, write_results
+from benchmarks.common import finish, md_table
 
 
 def run(sensors: int = 250, steps: int = 4000, epochs: int = 3, progress: bool = True) -> dict:
@@ -76,11 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3, help="fixed epochs (early stopping off)")
     args = p.parse_args(argv)
     res = run(args.sensors, args.steps, args.epochs)
-    path = write_results("training", res)
-    md = report(res)
-    result_path("training", "md").write_text(md)
-    print(md)
-    print(f"results: {path}")
+    finish("training", res, report(res))
     print(json.dumps({k: res[k] for k in ("wall_s", "readings_per_s")}))
     return 0
 
