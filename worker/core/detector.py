@@ -93,6 +93,7 @@ class SlotDetector:
         # flatline statistic (scorer.stillness) over the recent-readings ring; off when flat_limit is 0
         self.flat_window = min(int(cal.flat_window), int(recent)) if cal.flat_limit > 0 else 0
         self.flat_limit = float(cal.flat_limit)
+        self._flat_steps = np.arange(self.flat_window)
         self._z_threshold = normal_quantile(self.params.threshold)
         self.scaling = m.scaling
         self._global_mean = np.asarray(m.scaling.mean, dtype=np.float64)
@@ -304,11 +305,13 @@ class SlotDetector:
 
     def _flatline_score(self, rows: np.ndarray, x: np.ndarray, std: np.ndarray) -> np.ndarray:
         """Flatline score of this reading and the ``flat_window`` before it (from the recent ring)."""
-        k, ring = self.flat_window, self.table.recent
+        k, ring, f = self.flat_window, self.table.recent, self.n_features
         c = self.table.cols
-        idx = (c["recent_pos"][rows][:, None] - 1 - np.arange(k)[None, :]) % ring
-        prev = c["recent"][rows[:, None], idx]  # (n, k, F), newest first, float32 as stored
-        vals = np.concatenate([x.astype(np.float32)[:, None, :], prev], axis=1).astype(np.float64)
+        n = len(rows)
+        idx = (c["recent_pos"][rows][:, None] - 1 - self._flat_steps) % ring  # newest first
+        vals = np.empty((n, k + 1, f), np.float32)  # float32, as the ring stores readings
+        vals[:, 0] = x
+        vals[:, 1:] = c["recent"].reshape(-1, f).take((rows[:, None] * ring + idx).ravel(), axis=0).reshape(n, k, f)
         return flatline_score(stillness(vals, std * self.residual_std), self.flat_limit, self._z_threshold)
 
     # ------------------------------------------------------------------ state

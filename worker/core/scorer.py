@@ -146,8 +146,8 @@ def stillness(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
     >>> stillness(v, np.array([[0.1, 0.1]])).tolist()
     [0.0]
     """
-    d = np.abs(np.diff(values, axis=1)) / scale[:, None, :]
-    return d.mean(axis=1).min(axis=-1)
+    k = values.shape[1] - 1
+    return (np.abs(np.diff(values, axis=1)).sum(axis=1) / (k * scale)).min(axis=-1)
 
 
 def flatline_score(still: np.ndarray, flat_limit: float, z_threshold: float) -> np.ndarray:
