@@ -101,6 +101,8 @@ class Worker:
         self.applied: dict[int, int] = {}  # last offset applied (or skipped as already applied)
         self.restored: set[int] = set()  # partitions whose state is loaded and owned
         self.checkpointed: dict[int, int] = {}  # next_offset of the last durable checkpoint
+        self._writer = None  # checkpoint writer thread, started with the first background round
+        self._pending = None  # (future, offsets to commit, {partition: next_offset}, export seconds)
         self.committed: dict[int, int] = {}  # offset last committed to Kafka
         self.outbox: list[list] = []  # [future|None, topic, key, value, headers, kind]
         self.since_checkpoint = 0
@@ -200,6 +202,8 @@ class Worker:
             else:
                 log.error("final checkpoint not written (output not acknowledged); a restart replays from the previous one")
         self._closing = True
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
         if self.consumer is not None:
             try:
                 self.consumer.close(autocommit=False, timeout_ms=max(100, int((deadline - time.monotonic()) * 1000)))
@@ -388,57 +392,104 @@ class Worker:
         success: everything applied is durable, so ``slotwatch_checkpoint_age_seconds`` only
         grows while state is at risk (an idle worker must not trip the age alert).
         """
+        self._reap_checkpoint()
         c = self.settings.checkpoint
         due = self.since_checkpoint >= c.interval_readings or time.monotonic() - self.last_checkpoint >= c.interval_s
-        if not due:
+        if not due or self._pending is not None:
             return
         if self.restored:
-            self._checkpoint(sorted(self.restored))
+            self._checkpoint(sorted(self.restored), background=True)
         elif not self.outbox:
             self.metrics.checkpoint_last.set(time.time())
             self.last_checkpoint = time.monotonic()
 
-    def _checkpoint(self, partitions, *, deadline: float | None = None, sync_commit: bool = True) -> bool:
-        """Flush outputs, write the partitions' checkpoints durably, then commit their offsets."""
+    def _checkpoint(self, partitions, *, deadline: float | None = None, sync_commit: bool = True,
+                    background: bool = False) -> bool:
+        """Flush outputs, write the partitions' checkpoints durably, then commit their offsets.
+
+        With ``background`` the consumer thread only flushes and takes a copy of the state
+        (export); encoding and the durable write run on the writer thread, and the offsets
+        are committed by :meth:`_reap_checkpoint` once the files are durable.  Revocation and
+        shutdown write in the foreground (after any background round has finished).
+        """
         from kafka import TopicPartition
         from kafka.structs import OffsetAndMetadata
 
         from worker.checkpointing.format import Checkpoint
 
-        m = self.metrics
+        self._reap_checkpoint(wait=True, sync_commit=sync_commit)
         if not self._deliver(deadline):
             return False
         t0 = time.perf_counter()
-        total = 0
+        cks = []
+        written: dict[int, int] = {}
         offsets = {}
+        for p in partitions:
+            nxt = self.applied.get(p, -1) + 1
+            if nxt <= 0:
+                continue  # nothing applied and no checkpoint: nothing to save
+            if self.checkpointed.get(p) != nxt:
+                cols = self.detector.export_partition(p)  # a copy: the state may move on while it is written
+                cks.append(Checkpoint(p, nxt, self.model_version, cols,
+                                      meta={"topic": self.topic, "client_id": self.settings.kafka.client_id}))
+                written[p] = nxt
+            if self.committed.get(p) != nxt:
+                offsets[TopicPartition(self.topic, p)] = OffsetAndMetadata(nxt, f"slotwatch {self.model_version}", -1)
+        export_s = time.perf_counter() - t0
+        if background and cks:
+            if self._writer is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+            self._pending = (self._writer.submit(self._write_checkpoints, cks), offsets, written, export_s)
+            self.since_checkpoint = 0
+            self.last_checkpoint = time.monotonic()
+            return True
         try:
-            for p in partitions:
-                nxt = self.applied.get(p, -1) + 1
-                if nxt <= 0:
-                    continue  # nothing applied and no checkpoint: nothing to save
-                if self.checkpointed.get(p) != nxt:
-                    cols = self.detector.export_partition(p)
-                    ck = Checkpoint(p, nxt, self.model_version, cols,
-                                    meta={"topic": self.topic, "client_id": self.settings.kafka.client_id})
-                    _, n = self.store.save(ck)
-                    total += n
-                    self.checkpointed[p] = nxt
-                if self.committed.get(p) != nxt:
-                    offsets[TopicPartition(self.topic, p)] = OffsetAndMetadata(nxt, f"slotwatch {self.model_version}", -1)
+            total, write_s = self._write_checkpoints(cks)
         except OSError as e:
-            m.checkpoint_failures.inc()
-            log.error("checkpoint failed: %s (offsets not committed; retried next round)", e)
+            self._checkpoint_failed(e)
             return False
-        dt = time.perf_counter() - t0
-        m.checkpoint_seconds.observe(dt)
+        self._checkpoint_done(total, export_s + write_s, offsets, written, sync_commit, foreground=True)
+        return True
+
+    def _write_checkpoints(self, cks) -> tuple[int, float]:
+        t0 = time.perf_counter()
+        total = sum(self.store.save(ck)[1] for ck in cks)
+        return total, time.perf_counter() - t0
+
+    def _reap_checkpoint(self, wait: bool = False, sync_commit: bool = True) -> None:
+        """Finish a background round whose files are written: record it and commit its offsets."""
+        if self._pending is None:
+            return
+        fut, offsets, written, export_s = self._pending
+        if not wait and not fut.done():
+            return
+        self._pending = None
+        try:
+            total, write_s = fut.result()
+        except OSError as e:
+            self._checkpoint_failed(e)
+            return
+        self._checkpoint_done(total, export_s + write_s, offsets, written, sync_commit, foreground=False)
+
+    def _checkpoint_failed(self, e: OSError) -> None:
+        self.metrics.checkpoint_failures.inc()
+        log.error("checkpoint failed: %s (offsets not committed; retried next round)", e)
+
+    def _checkpoint_done(self, total: int, seconds: float, offsets, written: dict[int, int], sync_commit: bool,
+                         foreground: bool) -> None:
+        m = self.metrics
+        self.checkpointed.update(written)
+        m.checkpoint_seconds.observe(seconds)
         if total:
             m.checkpoint_bytes.set(total)
         m.checkpoint_last.set(time.time())
-        self.since_checkpoint = 0
-        self.last_checkpoint = time.monotonic()
+        if foreground:  # a background round reset these when it took its copy
+            self.since_checkpoint = 0
+            self.last_checkpoint = time.monotonic()
         if offsets:
             self._commit(offsets, sync=sync_commit)
-        return True
 
     def _commit(self, offsets, sync: bool) -> None:
         m = self.metrics
