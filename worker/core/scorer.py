@@ -20,7 +20,8 @@ sensor repeats its last value; the network soon expects exactly that, so the err
 small, not large).  :func:`stillness` is, over the last ``flat_window`` changes, the mean
 absolute change of the least moving feature in units of its typical residual; normal
 readings always move by about one residual.  :func:`flatline_score` maps it to [0, 1]
-so that ``stillness == flat_limit`` scores exactly the threshold and a flat line scores 1;
+so that ``stillness == flat_limit`` scores exactly the threshold, a flat line scores 1 and
+a normally moving sensor about 0;
 the detector reports the larger of the two scores.  ``flat_window = 0`` (the default of
 older artifacts) turns it off.
 
@@ -151,17 +152,20 @@ def stillness(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 
 def flatline_score(still: np.ndarray, flat_limit: float, z_threshold: float) -> np.ndarray:
-    """Score of a stillness: ``Phi(z_threshold * flat_limit / still)``; 0 when the limit is 0 (off).
+    """Score of a stillness: ``Phi(z_threshold * (2 * flat_limit / still - 1))``; 0 when the
+    limit is 0 (off).  A flat line scores 1, ``still == flat_limit`` exactly the threshold,
+    twice the limit 0.5, and a normally moving sensor about 0 (so it does not lift the
+    scores of normal readings).
 
     >>> z = normal_quantile(0.999)
-    >>> s = flatline_score(np.array([0.0, 0.05, 0.1, 1.0]), 0.1, z)
-    >>> bool(s[0] == 1.0), bool(s[1] > 0.999), round(float(s[2]), 3), bool(s[3] < 0.9)
-    (True, True, 0.999, True)
+    >>> s = flatline_score(np.array([0.0, 0.05, 0.1, 0.2, 1.0]), 0.1, z)
+    >>> bool(s[0] == 1.0), bool(s[1] > 0.999), round(float(s[2]), 3), round(float(s[3]), 3), bool(s[4] < 0.01)
+    (True, True, 0.999, 0.5, True)
     """
     still = np.asarray(still, dtype=np.float64)
     if flat_limit <= 0:
         return np.zeros_like(still)
-    return normal_cdf(z_threshold * flat_limit / np.maximum(still, 1e-12))
+    return normal_cdf(z_threshold * (2.0 * flat_limit / np.maximum(still, 1e-12) - 1.0))
 
 
 class AnomalyLikelihood:
