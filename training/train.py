@@ -536,7 +536,12 @@ def main(args: argparse.Namespace) -> int:
             features = features or settings.model.features
             if not features:
                 raise TrainingError("--from-kafka needs --features (or SLOTWATCH_MODEL__FEATURES)")
-            df = load_kafka(settings, features, parse_time(args.since), parse_time(args.until), args.topic, progress=cfg.progress)
+            from kafka.errors import KafkaError
+
+            try:
+                df = load_kafka(settings, features, parse_time(args.since), parse_time(args.until), args.topic, progress=cfg.progress)
+            except KafkaError as e:
+                raise TrainingError(f"cannot read the readings topic from {settings.kafka.bootstrap_servers}: {e!r}") from None
             name = args.name or f"topic-{args.topic or settings.kafka.readings_topic}"
             sources = [f"kafka:{args.topic or settings.kafka.readings_topic}[{args.since or ''}..{args.until or ''})"]
         else:
