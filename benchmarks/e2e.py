@@ -224,6 +224,43 @@ def produce_at_rate(bootstrap: str, topic: str, rate: float, n: int, sensors: in
     prod.close()
 
 
+def _bare_latency(bootstrap: str, topic: str, rate: float, seconds: float, sensors: int) -> dict:
+    """The same feed read by a bare consumer (same fetch settings as the worker): the broker's
+    own produce-to-consume latency, the floor under the worker's."""
+    import multiprocessing as mp
+    import threading
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    from worker.settings import KafkaSettings
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                      fetch_max_wait_ms=KafkaSettings().fetch_max_wait_ms)
+    c.assign([TopicPartition(topic, p) for p in c.partitions_for_topic(topic)])
+    c.seek_to_end()
+    lat: list[float] = []
+    stop = threading.Event()
+
+    def consume() -> None:
+        while not stop.is_set():
+            for recs in c.poll(timeout_ms=100).values():
+                now = time.time() * 1000
+                lat.extend(now - r.timestamp for r in recs)
+
+    th = threading.Thread(target=consume, daemon=True)
+    th.start()
+    p = mp.get_context("spawn").Process(target=produce_at_rate, args=(bootstrap, topic, rate, int(rate * seconds), sensors))
+    p.start()
+    p.join()
+    time.sleep(1.0)
+    stop.set()
+    th.join(5)
+    c.close()
+    a = np.array(lat)
+    return {"rate": rate, "received": int(len(a)), "p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
+            "p99_ms": float(np.percentile(a, 99))}
+
+
 def _latency(bootstrap: str, topics: dict, rate: float, seconds: float, sensors: int, port: int, progress: bool) -> dict:
     """Feed readings stamped now at ``rate`` from another process (as real producers are);
     latency = the worker's reading-time-to-score histogram over the measured part."""
@@ -298,6 +335,11 @@ def run(readings: int, sensors: int, latency_s: float, progress: bool = True) ->
             res["latency_low_rate"] = _latency(broker.bootstrap, out["lat"], 1000.0, latency_s, min(sensors, 2000), port2, progress)
         finally:
             _stop(proc)
+        # the floor: a bare consumer of the same feed on the same broker, same rates
+        out["bare"] = {"readings": "bench-bare.readings"}
+        ensure_topics(KafkaSettings(bootstrap_servers=broker.bootstrap), {out["bare"]["readings"]: 4})
+        res["bare_latency"] = _bare_latency(broker.bootstrap, out["bare"]["readings"], rate, latency_s, min(sensors, 2000))
+        res["bare_latency_low_rate"] = _bare_latency(broker.bootstrap, out["bare"]["readings"], 1000.0, latency_s, min(sensors, 2000))
     res["targets"] = {
         "worker_over_bare": {"target": 0.5, "measured": res["worker_over_bare"], "met": res["worker_over_bare"] >= 0.5},
         "latency_p99_ms": {"target": 50, "measured": res["latency"]["p99_ms"],
@@ -325,6 +367,11 @@ def report(res: dict) -> str:
         lines += [f"Latency at {low['rate']:,.0f} readings/s: p50 {low['p50_ms']:.1f} ms, p90 {low['p90_ms']:.1f} ms, "
                   f"p99 {low['p99_ms']:.1f} ms (machine CPU busy {100 * low['machine_cpu_busy']:.0f}%)", "",
                   f"Latency source: {lat['source']}.", ""]
+    for key, label in (("bare_latency", "half rate"), ("bare_latency_low_rate", "1,000/s")):
+        b = res.get(key)
+        if b:
+            lines += [f"Baseline, bare consumer of the same feed at {label} ({b['rate']:,.0f}/s): p50 {b['p50_ms']:.1f} ms, "
+                      f"p90 {b['p90_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms (produce time stamp to receipt)", ""]
     lines += targets_md(res.get("targets", {}))
     return "\n".join(lines) + "\n"
 
