@@ -459,7 +459,7 @@ def train(fleet: Fleet, cfg: TrainConfig, out_dir: Path, data_name: str, sources
         write_training_report(path / "report", manifest, fleet, arrays)
     except Exception as e:  # noqa: BLE001 - a failed plot must not lose a trained model
         log.warning("could not write the training report: %s", e)
-    log.info("saved %s (val_loss %.4f, threshold %.6f, val false alarms %.2e); %s/latest points to it",
+    log.info("saved %s (val_loss %.4f, threshold %.8g, val false alarms %.2e); %s/latest points to it",
              path, metrics["val_loss"], calib.threshold, metrics["val_false_alarm_rate"], out_dir)
     return path
 
