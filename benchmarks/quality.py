@@ -24,7 +24,6 @@ the new fleet, better than both baselines.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile

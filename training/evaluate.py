@@ -22,7 +22,6 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
 
 HELP = "replay labeled data through the scoring core: precision/recall/F1, detection delay, false alarms, plots"
 
