@@ -30,8 +30,8 @@ HELP = "run everything locally: broker, simulated fleet with anomalies, a model,
 
 log = logging.getLogger("slotwatch.demo")
 
-TRAIN_SENSORS = 24
-TRAIN_STEPS = 2400
+TRAIN_SENSORS = 32
+TRAIN_STEPS = 4000
 FEATURES = "temp,rpm,vib"
 ID_PREFIX = "pump-"
 
@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partitions", type=int, default=4, help="partitions of the readings topic (default 4)")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (default: run until Ctrl-C)")
     p.add_argument("--retrain", action="store_true", help="train a new model even if one exists")
-    p.add_argument("--epochs", type=int, default=8, help="training epochs for the demo model (default 8)")
+    p.add_argument("--epochs", type=int, default=12, help="training epochs for the demo model (default 12; early stopping)")
     p.add_argument("--port", type=int, default=0, help="metrics port of the worker (default: a free one)")
     p.add_argument("--plain", action="store_true", help="print a status line per second instead of redrawing the screen")
 
@@ -70,7 +70,7 @@ def ensure_model(workdir: Path, retrain: bool, epochs: int) -> Path:
             pass
     data = workdir / "data" / "train.parquet"
     data.parent.mkdir(parents=True, exist_ok=True)
-    print(f"No model in {models} yet: simulating {TRAIN_SENSORS} sensors and training a small one (about a minute).", flush=True)
+    print(f"No model in {models} yet: simulating {TRAIN_SENSORS} sensors and training a small one (a few minutes).", flush=True)
     _cli("simulate", "--sensors", str(TRAIN_SENSORS), "--steps", str(TRAIN_STEPS), "--features", FEATURES,
          "--seed", "1", "--out", str(data))
     _cli("train", "--data", str(data), "--out", str(models), "--epochs", str(epochs), "--name", "demo")
