@@ -141,10 +141,11 @@ class SlotDetector:
         rnd = 0
         order = list(groups)
         while order:
-            sos = self.router.slot_of_sensor
-            slotted = [s for s in order if s in sos]
-            fresh = [s for s in order if s not in sos]
-            todo = slotted + fresh
+            if len(order) <= self.slots:
+                todo = order  # one tick: every sensor gets a slot, order does not matter
+            else:  # several ticks: sensors holding a slot first, so fewer are paged
+                sos = self.router.slot_of_sensor
+                todo = [s for s in order if s in sos] + [s for s in order if s not in sos]
             for start in range(0, len(todo), self.slots):
                 chunk = todo[start : start + self.slots]
                 self._tick(chunk, [groups[s][rnd] for s in chunk], readings, out)
