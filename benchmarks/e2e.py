@@ -92,14 +92,9 @@ def _bare_consume(bootstrap: str, topic: str, n: int, progress: bool) -> float:
 
 
 def _scrape(port: int) -> dict:
-    from prometheus_client.parser import text_string_to_metric_families
+    from worker.health import scrape
 
-    out: dict[str, float] = {}
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[s.name] = out.get(s.name, 0.0) + s.value
-    return out
+    return scrape(f"http://127.0.0.1:{port}/metrics")
 
 
 def _start_worker(bootstrap: str, topics: dict, model: Path, ckpt: Path, port: int, publish_scores: bool, log: Path):

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 HELP = "run everything locally: broker, simulated fleet with anomalies, a model, the worker, a live view"
@@ -123,18 +122,6 @@ class Streamer(threading.Thread):
             producer.close(timeout=5)
 
 
-def scrape(url: str) -> dict[str, float]:
-    """Sum of every sample by metric name (labels folded) from a /metrics page."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out: dict[str, float] = collections.defaultdict(float)
-    text = urllib.request.urlopen(url, timeout=2).read().decode()
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[s.name] += s.value
-    return out
-
-
 class AnomalyTail:
     """The latest anomalies from the anomalies topic (no consumer group: assign + seek)."""
 
@@ -183,6 +170,7 @@ def render(stats: dict, tail: AnomalyTail, metrics_url: str, started: float, pla
 
 # ------------------------------------------------------------------ main
 def main(args: argparse.Namespace) -> int:
+    from worker.health import scrape
     from worker.kafka.clients import ensure_topics
     from worker.kafka.embedded import EmbeddedBroker, free_port
     from worker.logs import setup_logging

@@ -93,3 +93,21 @@ class HealthServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def scrape(url: str, timeout: float = 2.0) -> dict[str, float]:
+    """Read a /metrics page: every sample's value summed by metric name (labels folded).
+
+    Used by the demo's live view and the benchmarks to watch a worker from outside.
+    """
+    import urllib.request
+    from collections import defaultdict
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = defaultdict(float)
+    text = urllib.request.urlopen(url, timeout=timeout).read().decode()
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            out[sample.name] += sample.value
+    return dict(out)
