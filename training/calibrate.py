@@ -20,7 +20,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from worker.core.scorer import ScorerParams, feature_errors, flatline_score, normal_quantile, reading_error, score_step
+from worker.core.scorer import (
+    ScorerParams,
+    feature_errors,
+    flatline_score,
+    normal_quantile,
+    reading_error,
+    score_step,
+)
 
 #: readings after a labeled window that do not count as normal for calibration
 AFTER_ANOMALY = 10

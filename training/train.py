@@ -360,7 +360,7 @@ def calibrate(net, fleet: Fleet, cfg: TrainConfig) -> tuple[object, dict, dict]:
     from training import calibrate as cal
     from training.metrics import series_scores, summarize
     from worker.core.artifact import Calibration
-    from worker.core.scorer import ScorerParams
+    from worker.core.scorer import ScorerParams, with_flatline
 
     out = predict_sequences(net, fleet.x)
     bias = net.get_layer("head").get_weights()[1].astype(np.float64)
@@ -386,9 +386,8 @@ def calibrate(net, fleet: Fleet, cfg: TrainConfig) -> tuple[object, dict, dict]:
         if normal_still.size:
             flat_limit = float(0.5 * np.quantile(normal_still, cfg.false_alarm_rate))
         if flat_limit > 0:
-            fs = cal.flat_scores(still, flat_limit, thr)
-            score = np.maximum(score, fs)
-            flag |= ~warming & (fs >= thr) & valid
+            score, flag = with_flatline(score, flag, warming, cal.flat_scores(still, flat_limit, thr), thr)
+            flag &= valid
     calib.flat_window = cfg.flat_window if flat_limit > 0 else 0
     calib.flat_limit = flat_limit
     inval = fleet.in_validation()

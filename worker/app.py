@@ -223,6 +223,7 @@ class Worker:
     def _handle(self, batch) -> None:
         import numpy as np
 
+        from worker.codec import encode_score
         from worker.core.readings import Rejection, Score
         from worker.metrics import observe_many
 
@@ -262,8 +263,6 @@ class Worker:
                 n_scored += 1
                 ts_scored.append(r.ts_ms)
                 if r.is_anomaly or kafka.publish_scores:
-                    from worker.codec import encode_score
-
                     value = encode_score(r, self.features, self.model_version)
                     key = r.sensor_id.encode("utf-8")
                     if kafka.publish_scores:
@@ -301,7 +300,7 @@ class Worker:
 
     def _stats_snapshot(self) -> tuple:
         st = self.detector.stats
-        return (st.ticks, st.readings, st.page_ins, st.page_outs, st.resets_gap, st.resets_request, st.anomalies)
+        return (st.page_ins, st.page_outs, st.resets_gap, st.resets_request, st.anomalies)
 
     def _update_core_metrics(self) -> None:
         from worker.metrics import observe_many
@@ -309,7 +308,7 @@ class Worker:
         m, det = self.metrics, self.detector
         new = self._stats_snapshot()
         old, self._stats = self._stats, new
-        ticks, reads, pin, pout, rgap, rreq, anom = (a - b for a, b in zip(new, old))
+        pin, pout, rgap, rreq, anom = (a - b for a, b in zip(new, old))
         done = det.drain_ticks()
         if done:
             observe_many(m.tick_seconds, [sec for sec, _ in done])

@@ -39,6 +39,7 @@ from worker.core.scorer import (
     reading_error,
     score_step,
     stillness,
+    with_flatline,
 )
 from worker.state.table import NO_TS, StateTable
 
@@ -51,7 +52,6 @@ class DetectorStats:
 
     ticks: int = 0
     readings: int = 0  # readings that went through a tick
-    slot_fill: int = 0  # sum over ticks of readings per tick
     page_outs: int = 0
     page_ins: int = 0
     resets_gap: int = 0
@@ -277,9 +277,7 @@ class SlotDetector:
             self.params, err, count, warm_n, c["err_mean"][rows], c["err_var"][rows], c["err_short"][rows]
         )
         if self.flat_window:
-            fs = self._flatline_score(rows, x, std)
-            score = np.maximum(score, fs)
-            anom = anom | (~warming & (fs >= self.params.threshold))
+            score, anom = with_flatline(score, anom, warming, self._flatline_score(rows, x, std), self.params.threshold)
         c["err_mean"][rows], c["err_var"][rows], c["err_short"][rows] = em, ev, es
         c["count"][rows] = count + 1
         c["total"][rows] += 1
@@ -297,7 +295,6 @@ class SlotDetector:
             self._tick_log.append((time.perf_counter() - t_start, n))
         st.ticks += 1
         st.readings += n
-        st.slot_fill += n
         st.anomalies += int(anom.sum())
         thr = self.params.threshold
         # plain Python values in one go: indexing numpy scalars per reading costs more

@@ -45,7 +45,6 @@ class SlotRouter:
         self.last_used = np.zeros(slots, np.int64)
         self.clock = 1
         self._free: list[int] = list(range(slots))  # a heap: lowest free slot first
-        self.page_outs = 0
 
     def __len__(self) -> int:
         return len(self.slot_of_sensor)
@@ -111,7 +110,6 @@ class SlotRouter:
             del self.slot_of_sensor[victim]
             self._assign(sid, slot)
             out.append((slot, victim))
-        self.page_outs += rest
         return out
 
     def _assign(self, sensor_id: str, slot: int) -> None:

@@ -168,6 +168,17 @@ def flatline_score(still: np.ndarray, flat_limit: float, z_threshold: float) -> 
     return normal_cdf(z_threshold * (2.0 * flat_limit / np.maximum(still, 1e-12) - 1.0))
 
 
+def with_flatline(score: np.ndarray, anomaly: np.ndarray, warming: np.ndarray, flat: np.ndarray, threshold: float):
+    """Combine the error score with the flatline score: the larger of the two is the score,
+    and a reading is flagged when either reaches the threshold (never while warming up).
+
+    >>> s, a = with_flatline(np.array([0.2, 0.2]), np.array([False, False]), np.array([False, True]), np.array([1.0, 1.0]), 0.999)
+    >>> s.tolist(), a.tolist()
+    ([1.0, 1.0], [True, False])
+    """
+    return np.maximum(score, flat), anomaly | (~warming & (flat >= threshold))
+
+
 class AnomalyLikelihood:
     """One stream's scorer with the ``learn_one``/``score_one`` protocol (see module doc)."""
 
