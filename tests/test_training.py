@@ -218,9 +218,29 @@ def test_unsorted_times_are_sorted_with_a_warning_or_refused(caplog):
     assert np.all(np.diff(f.ts[0]) > 0) and np.all(np.diff(f.raw[0, :, 0]) > 0)
     with pytest.raises(TrainingError, match=r"not in time order \(ts 5 after 6\)"):
         prepare_fleet(df, FEATS, unsorted="refuse")
-    ts[6] = 6  # two readings at the same time
-    with pytest.raises(TrainingError, match="same ts 6"):
-        prepare_fleet(frame(["a"] * 20, ts, temp), FEATS)
+
+
+def test_repeated_time_stamps_are_kept_in_file_order_with_a_warning(caplog, tmp_path):
+    from training.train import load_files
+
+    ts = list(range(20))
+    ts[6] = ts[5]  # two readings at the same time (real exports have them) ...
+    ts[12] = ts[13] = ts[11]  # ... and three
+    temp = [float(10 * i) for i in range(20)]  # the file order is visible in the values
+    p = tmp_path / "r.csv"
+    frame(["a"] * 20, ts, temp).rename(columns={"ts_ms": "ts"}).to_csv(p, index=False)
+    df, feats = load_files([p], FEATS)
+    with caplog.at_level(logging.WARNING, logger="slotwatch.train"):
+        f = prepare_fleet(df, feats)
+    assert "3 reading(s) of 1 sensor(s) repeat the time stamp" in caplog.text
+    assert f.summary["repeated_timestamps"] == 3
+    assert f.raw[0, :, 0].tolist() == temp  # file order kept
+    assert f.ts[0].tolist() == ts
+    # out of order *and* repeated: sorted by time, the repeated ones still in file order
+    ts2 = [0, 1, 3, 2, 2, 4, 5, 6, 7, 8, 9, 10]
+    g = prepare_fleet(frame(["b"] * 12, ts2, [float(i) for i in range(12)]), FEATS)
+    assert g.ts[0].tolist() == [0, 1, 2, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert g.raw[0, :, 0].tolist()[:5] == [0.0, 1.0, 3.0, 4.0, 2.0]
 
 
 def test_train_cli_reports_bad_input_and_exits_2(tmp_path, capfd):
