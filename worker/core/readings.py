@@ -61,6 +61,7 @@ class Score:
     partition: int = -1
     offset: int = -1
     label: int | None = None
+    accepted: bool = False  # this reading's deviation was accepted as the sensor's new normal (horizon, issue 9)
 
 
 @dataclass(slots=True)

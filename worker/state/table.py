@@ -36,7 +36,25 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "recent": ("float32", "RF"),  # ring of recent readings (raw values)
     "recent_ts": ("int64", "R"),
     "recent_pos": ("int32", ""),  # next write position in the ring
+    # issue 9 adaptive scorer (worker/core/adaptive.py); older checkpoints lack them: COLUMN_DEFAULTS
+    "lvl": ("float64", "F"),  # level channel: EWMA of the scaled values
+    "lvl_mean": ("float64", "F"),  # its long-run mean / variance
+    "lvl_var": ("float64", "F"),
+    "move_rate": ("float64", "F"),  # own share of readings that changed each feature
+    "still_run": ("int64", "F"),  # readings since each feature last changed
+    "ep_len": ("int64", ""),  # readings of the open episode (0 = none)
+    "ep_quiet": ("int64", ""),  # unflagged readings in a row within it
+    "ep_err_mean": ("float64", ""),  # the episode's error mean / variance (what acceptance adopts)
+    "ep_err_var": ("float64", ""),
 }
+
+#: Value of a column in a row that is new, reset, or restored from a checkpoint written before
+#: the column existed (0 for every column not named here).  A restored sensor then behaves as
+#: one that has no level or movement history: level prior 0 +- 1 (scaled), move rate 1/2.
+COLUMN_DEFAULTS: dict[str, float] = {"lvl_var": 1.0, "move_rate": 0.5}
+
+
+_ADDED_LATER = ("lvl", "lvl_mean", "lvl_var", "move_rate", "still_run", "ep_len", "ep_quiet", "ep_err_mean", "ep_err_var")
 
 
 class StateTable:
@@ -117,6 +135,8 @@ class StateTable:
         for col in self.cols.values():
             col[rows] = 0
         c = self.cols
+        for name, v in COLUMN_DEFAULTS.items():
+            c[name][rows] = v
         c["last_ts"][rows] = NO_TS
         c["recent_ts"][rows] = NO_TS
         c["slot"][rows] = -1
@@ -135,6 +155,10 @@ class StateTable:
         c["recent"][rows] = 0.0
         c["recent_ts"][rows] = NO_TS
         c["recent_pos"][rows] = 0
+        for name in ("lvl", "lvl_mean", "still_run", "ep_len", "ep_quiet", "ep_err_mean", "ep_err_var"):
+            c[name][rows] = 0
+        for name, v in COLUMN_DEFAULTS.items():
+            c[name][rows] = v
 
     def rows_of_partition(self, partition: int) -> np.ndarray:
         n = self.n_rows
@@ -155,8 +179,11 @@ class StateTable:
         if len(new):
             rows[new] = self.add_many([ids[i] for i in new])
         for name, (_, kind) in COLUMNS.items():
-            arr = data[name]
             want = self._shape(kind, len(ids))
+            if name not in data and name in _ADDED_LATER:  # a checkpoint older than the column
+                self.cols[name][rows] = COLUMN_DEFAULTS.get(name, 0)
+                continue
+            arr = data[name]
             if arr.shape != want:
                 raise ValueError(f"column {name} has shape {arr.shape}, expected {want}")
             self.cols[name][rows] = arr
