@@ -87,6 +87,7 @@ class Worker:
             threshold=s.model.threshold,
             warmup=s.model.warmup,
             recent=s.model.recent_readings,
+            scoring=s.scoring,
         )
         self.codec = ReadingCodec(self.features, s.kafka.max_message_bytes)
         self.topic = s.kafka.readings_topic

@@ -111,6 +111,7 @@ def main(args: argparse.Namespace) -> int:
         threshold=args.threshold if args.threshold is not None else settings.model.threshold,
         warmup=settings.model.warmup,
         recent=settings.model.recent_readings,
+        scoring=settings.scoring,
     )
     out = replay_frame(det, df, features, chunk=args.chunk, progress=not args.no_progress)
     write_table(out, args.out)
