@@ -38,7 +38,7 @@ FEATURES = ["temp", "rpm", "vib"]
 
 
 def run(quick: bool = False, progress: bool = True, keep_reports: bool = True, seeds: tuple[int, int, int] = (1, 2, 3),
-        baselines: bool = True) -> dict:
+        baselines: bool = True, keep: Path | None = None) -> dict:
     """Train on fleet ``seeds[0]``; test on a new fleet ``seeds[1]`` and on the same fleet later (``seeds[2]``)."""
     from training.baselines import Baselines
     from training.evaluate import evaluate
@@ -86,6 +86,9 @@ def run(quick: bool = False, progress: bool = True, keep_reports: bool = True, s
         from worker.core import artifact as art
 
         manifest = art.load(model).manifest
+        if keep is not None:  # the model and the test sets, to compare scorers on them later
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(d, keep, ignore=shutil.ignore_patterns("reports"))
     new = results["new fleet"]["detectors"]
     ours = new["slotwatch"]
     best_baseline = max([v["window_f1"] for k, v in new.items() if k != "slotwatch"] or [0.0])

@@ -78,6 +78,7 @@ class AdaptParams:
     move_window: int = 1000  # window of a sensor's own move rate
     flat_min_run: int = 4  # unchanged readings before stillness can flag (0 = off)
     flat_p_max: float = 0.9  # cap of the move rate (readings are not independent)
+    hold: float = 1.0  # within an open episode a reading stays flagged down to this share of the threshold's surprise
 
     @property
     def level_alpha(self) -> float:
@@ -181,6 +182,9 @@ def score_tick(p: ScorerParams, a: AdaptParams, st: dict, err: np.ndarray, xs: n
     if level_on or flat_on:
         score = 1.0 - tail
         anom = (~warming) & (score >= thr)
+    if a.hold < 1.0:  # hysteresis: an open episode needs less surprise to go on than to start
+        hold_tail = (1.0 - thr) ** a.hold
+        anom = anom | ((~warming) & (st["ep_len"] > 0) & (tail <= hold_tail))
     # the long-run statistics learn only outside episodes, and never from a flagged reading
     learn = ~anom & ~(st["ep_len"] > 0)
     em = np.where(learn, em, np.where(first, p.prior_mean, em0))
