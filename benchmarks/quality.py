@@ -1,6 +1,9 @@
 """Detection quality: slotwatch vs. a rolling z-score and an LSTM autoencoder, on fleets training never saw.
 
-One command: ``python -m benchmarks.quality`` (``--quick`` for a smaller run).
+One command: ``python -m benchmarks.quality`` (``--quick`` for a smaller run).  It first runs
+the SKAB real-data benchmark (:mod:`benchmarks.skab`; ``--skab PATH``, default
+``../shared/data/skab`` beside the repository, skipped with a message when absent;
+``--skab-only``, ``--no-skab``).
 
 1. Simulate a training fleet (``slotwatch simulate``, seed 1) and train a model on it
    (``slotwatch train`` defaults).
@@ -131,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="1,2,3", help="training fleet, new fleet, same-fleet-later seeds (default 1,2,3)")
     p.add_argument("--no-baselines", action="store_true", help="slotwatch only (faster; no comparison)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--skab-only", action="store_true", help="only the SKAB real-data benchmark (benchmarks/skab.py)")
+    p.add_argument("--no-skab", action="store_true", help="skip the SKAB real-data benchmark")
+    from benchmarks import skab
+
+    skab.add_arguments(p)
     args = p.parse_args(argv)
     seeds = tuple(int(x) for x in args.seeds.split(","))
     if len(seeds) != 3:
@@ -140,6 +148,17 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(level="INFO")
     apply_tf_threads()
+    if not args.no_skab:  # real data first (a few minutes); skipped with a message when the data is absent
+        sres = skab.run(args.skab, per_experiment=args.per_experiment, epochs=args.skab_epochs, per_epochs=args.per_epochs,
+                        progress=not args.no_progress, model=args.skab_model, keep=args.skab_keep)
+        if sres is None:
+            print("SKAB skipped: data not found (give --skab PATH)")
+        else:
+            from benchmarks.common import finish
+
+            finish("skab", sres, skab.report(sres))
+    if args.skab_only:
+        return 0
     default = seeds == (1, 2, 3) and not args.no_baselines
     res = run(quick=args.quick, progress=not args.no_progress, seeds=seeds, baselines=not args.no_baselines, keep_reports=default)
     suite = "quality" if default else f"quality-seeds-{'-'.join(map(str, seeds))}"

@@ -188,7 +188,7 @@ def split_normal(normal, parts: int = NORMAL_PARTS) -> list:
     return [normal.iloc[a:b].assign(sensor_id=f"anomaly-free-{i}") for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:]))]
 
 
-def test_part(exps: dict, results: dict) -> tuple[np.ndarray, np.ndarray]:
+def pooled_test_readings(exps: dict, results: dict) -> tuple[np.ndarray, np.ndarray]:
     lab = np.concatenate([exps[n]["label"].to_numpy()[TRAIN_READINGS:] for n in exps])
     flg = np.concatenate([results[n]["flag"][TRAIN_READINGS:] for n in exps])
     return lab, flg
@@ -226,7 +226,7 @@ def run_fleet(path: Path, epochs: int | None = None, progress: bool = False, see
         from worker.core import artifact as art
 
         manifest = art.load(model).manifest
-    lab, flg = test_part(exps, results)
+    lab, flg = pooled_test_readings(exps, results)
     m = pooled_metrics(lab, flg)
     accepted = int(sum(results[n]["accepted"][TRAIN_READINGS:].sum() for n in exps))
     return {
@@ -282,7 +282,7 @@ def report(res: dict) -> str:
     if f:
         lines += ["", f"Fleet protocol: {f['test_readings']:,} test readings ({f['test_anomalous']:,} anomalous) of "
                       f"{f['experiments']} experiments; model {f['model_version']} trained on {f['train_readings']:,} readings "
-                      f"({f['epochs_run']} epochs), threshold {f['threshold']:.10g}; {f['accepted_readings']} test readings "
+                      f"({f['epochs_run']} epochs), threshold {f['threshold']:.15g}; {f['accepted_readings']} test readings "
                       f"accepted as a new normal; times (s) {f['seconds']}."]
     return "\n".join(lines) + "\n"
 
