@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slots", type=int, default=None, help="batch slots B (default: SLOTWATCH_MODEL__SLOTS, 256)")
     p.add_argument("--chunk", type=int, default=2000, help="readings per call, like one Kafka poll (default 2000)")
     p.add_argument("--threshold", type=float, default=None, help="override the artifact's threshold")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (none either when stderr is not a terminal)")
 
 
 def replay_frame(detector, df, features, chunk: int = 2000, progress: bool = False):
@@ -112,7 +112,9 @@ def main(args: argparse.Namespace) -> int:
         warmup=settings.model.warmup,
         recent=settings.model.recent_readings,
     )
-    out = replay_frame(det, df, features, chunk=args.chunk, progress=not args.no_progress)
+    from worker.progress import want_progress
+
+    out = replay_frame(det, df, features, chunk=args.chunk, progress=want_progress(not args.no_progress))
     write_table(out, args.out)
     rejected = int((out["rejected"] != "").sum())
     log.info(
