@@ -230,6 +230,7 @@ class Worker:
         from worker.metrics import observe_many
 
         m = self.metrics
+        arrived = time.time()  # the poll just returned: processing latency starts here
         readings, origin = [], []
         rejects = []  # (Rejection, raw bytes)
         n_consumed = 0
@@ -277,7 +278,10 @@ class Worker:
                 rejects.append((r, raw))
         m.scored.inc(n_scored)
         if ts_scored:
-            observe_many(m.latency, np.maximum(0.0, now - np.asarray(ts_scored, dtype=np.float64) / 1000.0))
+            lag = np.maximum(0.0, now - np.asarray(ts_scored, dtype=np.float64) / 1000.0)
+            observe_many(m.event_lag, lag)
+            observe_many(m.latency, lag)  # deprecated name of the same
+            observe_many(m.processing, np.full(len(ts_scored), max(0.0, now - arrived)))
         for rej, raw in rejects:
             self._dead_letter(rej, raw)
         self._update_core_metrics()

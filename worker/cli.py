@@ -23,6 +23,9 @@ import sys
 
 from worker import exits
 
+#: subcommands that load TensorFlow: it is imported first, without its start-up chatter
+USES_TENSORFLOW = {"run", "replay", "train", "evaluate"}
+
 #: subcommand -> module
 COMMANDS: dict[str, str] = {
     "run": "worker.app",
@@ -64,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return exits.EXIT_CONFIG
     try:
+        if args.command in USES_TENSORFLOW:
+            from worker.tf_quiet import import_tensorflow_quietly
+
+            import_tensorflow_quietly()
         return int(args._module.main(args) or 0)
     except KeyboardInterrupt:
         _log().error("interrupted")
