@@ -651,7 +651,9 @@ def _Listener(worker: Worker):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=None, help="artifact directory (overrides SLOTWATCH_MODEL__PATH)")
     p.add_argument("--bootstrap", default=None, help="host:port[,...] (overrides SLOTWATCH_KAFKA__BOOTSTRAP_SERVERS)")
-    p.add_argument("--create-topics", type=int, default=0, metavar="PARTITIONS",
+    from worker.argtypes import non_negative_int
+
+    p.add_argument("--create-topics", type=non_negative_int, default=0, metavar="PARTITIONS",
                    help="create missing topics with this many partitions before starting (0: don't); waits up to SLOTWATCH_KAFKA__REQUEST_TIMEOUT_MS for the brokers, else exit 5")
 
 
@@ -699,7 +701,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         worker = Worker(settings)
     except ArtifactError as e:
-        log.error("%s", e)
+        from worker.exits import model_error
+
+        log.error("%s", model_error(e, "--model" if args.model is not None else None))
         return EXIT_CONFIG
 
     def _stop(signum, _frame):

@@ -91,3 +91,23 @@ def describe_broker_error(e: BaseException, bootstrap: str | None = None, doing:
         detail += f": {text}"
     return (f"{what}: the Kafka brokers{where} are unreachable or refused ({detail}). Is the broker running? "
             "SLOTWATCH_KAFKA__BOOTSTRAP_SERVERS sets the address.")
+
+
+def model_error(e: BaseException, option: str | None = "--model") -> str:
+    """An artifact error as the user should read it: when the model came from a command-line
+    option, the hint names that option rather than ``SLOTWATCH_MODEL__PATH``.
+
+    >>> model_error(ValueError("no model at m2: train one with `slotwatch train` or set SLOTWATCH_MODEL__PATH"))
+    'no model at m2 (from --model): train one with `slotwatch train` or give --model a models folder or an artifact directory'
+    >>> model_error(ValueError("no model at m2: train one with `slotwatch train` or set SLOTWATCH_MODEL__PATH"), None)
+    'no model at m2: train one with `slotwatch train` or set SLOTWATCH_MODEL__PATH'
+    """
+    msg = str(e)
+    if not option:
+        return msg
+    msg = msg.replace("or set SLOTWATCH_MODEL__PATH", f"or give {option} a models folder or an artifact directory")
+    msg = msg.replace("point SLOTWATCH_MODEL__PATH at", f"point {option} at")
+    if msg.startswith("no model at ") and ":" in msg:
+        head, tail = msg.split(":", 1)
+        msg = f"{head} (from {option}):{tail}"
+    return msg

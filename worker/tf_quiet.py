@@ -19,7 +19,7 @@ import os
 import re
 import sys
 
-_ABSL_LINE = re.compile(r"^[IW]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [^\]]+:\d+\] ")
+_ABSL_LINE = re.compile(r"^[IW]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [^\]]+:\d+\] ")
 _ABSL_PREINIT = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 
 
