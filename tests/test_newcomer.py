@@ -300,11 +300,11 @@ def test_simulator_stamps_live_readings_now_and_keeps_files_deterministic(kafka_
 
     df = simulate(3, 40, ["temp"], seed=1)
     settings = Settings(kafka={"bootstrap_servers": kafka_broker.bootstrap})
-    live = kafka_broker.topics("live", names=("readings",))["readings"]
+    live_topic = kafka_broker.topics("live", names=("readings",))["readings"]
     t0 = time.time() * 1000
-    assert produce(df, ["temp"], settings, live, progress=False) == len(df)
+    assert produce(df, ["temp"], settings, live_topic, progress=False, live=True) == len(df)
     t1 = time.time() * 1000
-    recs = kafka_broker.read_all(live, expect=len(df))
+    recs = kafka_broker.read_all(live_topic, expect=len(df))
     vals = [json.loads(r.value) for r in recs]
     from worker.core.readings import parse_ts
 

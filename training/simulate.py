@@ -284,13 +284,13 @@ def live_ts(sensor_id: str, now_ms: int, last: dict[str, int]) -> int:
 
 
 def produce(df: pd.DataFrame, features: Sequence[str], settings, topic: str | None = None, progress: bool = True,
-            live: bool = True) -> int:
+            live: bool = False) -> int:
     """Send the frame to the readings topic (key: sensor id; record time: the reading's ts).
 
-    ``live`` (the default of ``--to-kafka``): every reading is stamped with the time it is
-    sent (:func:`live_ts`), as a real fleet streaming now would, so that the worker's
-    event-time lag means something; the simulated 15-minute time stamps (which lie in the
-    past) are sent only with ``live=False`` (``--keep-timestamps``).  Files are never
+    ``live`` (what ``slotwatch simulate --to-kafka`` does unless ``--keep-timestamps``):
+    every reading is stamped with the time it is sent (:func:`live_ts`), as a real fleet
+    streaming now would, so that the worker's event-time lag means something; otherwise the
+    simulated 15-minute time stamps (which lie in the past) are sent.  Files are never
     re-stamped: ``--out`` stays a pure function of the seed.
     """
     import time
