@@ -24,7 +24,7 @@ import sys
 from worker import exits
 
 #: subcommands that load TensorFlow: it is imported first, without its start-up chatter
-USES_TENSORFLOW = {"run", "replay", "train", "evaluate"}
+USES_TENSORFLOW = {"run", "replay", "train", "evaluate", "demo"}
 
 #: subcommand -> module
 COMMANDS: dict[str, str] = {
