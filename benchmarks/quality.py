@@ -134,7 +134,7 @@ def lasting_shift(model, df, features: list[str], shift_std: float = 4.0, at: in
     from worker.settings import Settings
 
     s = settings or Settings()
-    det = SlotDetector(art.load(model), slots=256, scoring=s.scoring)
+    det = SlotDetector(model if isinstance(model, art.Artifact) else art.load(model), slots=256, scoring=s.scoring)
     horizon = det.adapt.accept_after
     first, at_once, accepted, late_flags, n = [], 0, [], 0, 0
     for sid, g in df[df["label"] == 0].groupby("sensor_id", sort=True):
