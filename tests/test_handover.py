@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import make_artifact, sine_fleet
+from tests.conftest import sine_fleet
 from worker.checkpointing.format import Checkpoint, decode, encode
 from worker.core import artifact as art
 from worker.core import handover as ho
@@ -22,10 +22,8 @@ def art_a(artifact_1f):
 
 
 @pytest.fixture(scope="module")
-def art_b(models_dir):
-    scaling = {f"s{i}": {"mean": [0.05 * i], "std": [1.0 + 0.2 * i]} for i in range(0, 10, 2)}
-    return art.load(make_artifact(models_dir, ["temp"], [16], epochs=1, seed=3, version="test-model-b",
-                                  sensors_scaling=scaling))
+def art_b(artifact_1f_b):
+    return art.load(artifact_1f_b)
 
 
 def _readings(data, ids, start=0, t0=0):
