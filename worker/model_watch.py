@@ -173,6 +173,8 @@ class ModelWatch:
         s = w.settings.model
         det = SlotDetector(a, slots=s.slots, when_full=s.when_full, max_gap_ms=int(s.max_gap_s * 1000),
                            threshold=s.threshold, warmup=s.warmup, recent=s.recent_readings)
+        det.engine.warm(np.zeros((det.slots, det.table.recent, det.n_features), np.float32),
+                        np.zeros((det.slots, det.table.recent), bool))  # compile the handover here, not in the poll loop
         return a, det
 
     def _loaded(self) -> None:
