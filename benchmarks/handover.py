@@ -8,6 +8,9 @@ different seeds: version A and its retrained successor B):
   readings), under model B: the max |h/c| difference and, what scoring sees, the
   difference of the next reading's error (in residual units) — median, p95, p99, max.
   The ring default (``SLOTWATCH_MODEL__RECENT_READINGS``) is chosen from this.
+* **while consuming** — the same handover done the worker's way, a chunk of sensors per
+  poll-loop turn between polls of readings (the candidate stepping the readings of sensors
+  already warmed): its wall time and the readings/s of the core meanwhile against before;
 * **handover** — ``handover.hand_over`` of N sensors (default 100,000) with full rings from
   a detector of model A to one of model B (warmed state, scaling, scorer statistics), wall
   time and sensors/s; baseline in the same run: the core scoring the same number of
@@ -114,6 +117,59 @@ def bench_handover(art_a, art_b, n: int, ring: int, slots: int) -> dict:
             "ratio_handover_to_scoring": handover_s / scoring_s}
 
 
+def bench_dip(art_a, art_b, n: int, ring: int, slots: int, chunk: int = 4096, poll: int = 2000) -> dict:
+    """Readings/s of the core while a handover runs beside it, as the worker's loop does it.
+
+    Each turn: one poll's readings scored by the current detector, the same readings of
+    already-warmed sensors stepped by the candidate (unpublished), then ``chunk`` more
+    sensors warmed.  Baseline: the same loop without a handover, in the same run.
+    """
+    from worker.core.detector import SlotDetector
+    from worker.core.handover import hand_over
+    from worker.core.readings import Reading
+
+    f = art_a.manifest.n_features
+    rng = np.random.default_rng(1)
+    ids = [f"dip-{i}" for i in range(n)]
+    a = SlotDetector(art_a, slots=slots, recent=ring, max_gap_ms=10**15)
+    rows = a.table.add_many(ids, partition=0)
+    c = a.table.cols
+    c["std"][rows], c["count"][rows] = 1.0, 1000
+    c["recent"][rows] = rng.normal(size=(n, ring, f)).astype(np.float32)
+    c["recent_ts"][rows] = np.arange(ring)[None, :]
+    c["last_ts"][rows] = ring
+    clock = [ring + 1]
+
+    def polls():
+        while True:
+            pick = rng.integers(0, n, poll)
+            vals = rng.normal(size=(poll, f))
+            clock[0] += 1
+            yield [Reading(ids[k], clock[0], vals[j]) for j, k in enumerate(pick.tolist())]
+
+    feed = polls()
+    t0, done = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 3.0:
+        done += len(a.process(next(feed)))
+    base_rate = done / (time.perf_counter() - t0)
+    b = SlotDetector(art_b, slots=slots, recent=ring, max_gap_ms=10**15)  # built on the loader thread in the worker
+    hand_over(a, b, np.arange(1))  # traces the handover function (the worker does it on the loader thread)
+    t0, done, turns = time.perf_counter(), 0, 0
+    while b.table.n_rows < a.table.n_rows:
+        batch = next(feed)
+        done += len(a.process(batch))
+        mine = [r for r in batch if r.sensor_id in b.table.index]
+        if mine:
+            b.process(mine)
+        index = b.table.index
+        missing = np.fromiter((r for r, sid in enumerate(a.table.ids) if sid not in index), np.int64)
+        hand_over(a, b, missing[:chunk])
+        turns += 1
+    took = time.perf_counter() - t0
+    return {"sensors": n, "chunk": chunk, "poll": poll, "handover_with_consuming_s": took, "turns": turns,
+            "readings_per_s_before": base_rate, "readings_per_s_during": done / took, "dip_ratio": (done / took) / base_rate}
+
+
 def run(sensors: int = 100_000, quick: bool = False, ring: int = 16, slots: int = 256, epochs: int = 3, units: int = 32) -> dict:
     from training.simulate import simulate
     from worker.core import artifact as art
@@ -133,22 +189,28 @@ def run(sensors: int = 100_000, quick: bool = False, ring: int = 16, slots: int 
         held = simulate(40, 700, FEATURES, seed=2, fleet_seed=1, start_step=1500, anomaly_every=10**9)
         conv = convergence(b, held, history=600)
         hand = bench_handover(a, b, sensors, ring, slots)
+        dip = bench_dip(a, b, sensors, ring, slots)
     return {"settings": {"sensors": sensors, "ring": ring, "slots": slots, "epochs": epochs, "units": units,
                          "train_fleet": "simulate(40 sensors x 1500, temp/rpm/vib, no anomalies)", "train_s": train_s,
                          "models": [a.version, b.version]},
-            "convergence": conv, "handover": hand}
+            "convergence": conv, "handover": hand, "while_consuming": dip}
 
 
 def report(res: dict) -> str:
     cols = ["ring", "state_max_abs", "err_diff_median", "err_diff_p95", "err_diff_p99", "err_diff_max", "typical_error"]
     conv = md_table([{k: (f"{v:.2e}" if isinstance(v, float) else v) for k, v in r.items()} for r in res["convergence"]], cols)
-    h = res["handover"]
+    h, d = res["handover"], res["while_consuming"]
     return (f"## Handover (models {', '.join(res['settings']['models'])})\n\n"
             f"State from the last R readings vs from 600 readings (model B, held-out readings, 40 sensors):\n\n{conv}\n\n"
             f"Warm handover of {h['sensors']:,} sensors (ring {h['ring']}, B={h['slots']}, units {h['units']}): "
             f"**{h['handover_s']:.2f} s** ({h['sensors_per_s']:,.0f} sensors/s); baseline in the same run: the core "
             f"scoring the same {h['sensors'] * h['ring']:,} readings takes {h['baseline_scoring_same_readings_s']:.2f} s "
-            f"(ratio {h['ratio_handover_to_scoring']:.2f}).\n")
+            f"(ratio {h['ratio_handover_to_scoring']:.2f}).\n\n"
+            f"While consuming (the worker's loop: a poll of {d['poll']} readings, the candidate steps those of warmed "
+            f"sensors, {d['chunk']} more sensors warmed): the handover of {d['sensors']:,} sensors took "
+            f"**{d['handover_with_consuming_s']:.2f} s** in {d['turns']} turns; the core scored "
+            f"{d['readings_per_s_during']:,.0f} readings/s meanwhile vs {d['readings_per_s_before']:,.0f} before "
+            f"(**{d['dip_ratio']:.2f}x**).\n")
 
 
 def main(argv: list[str] | None = None) -> int:
