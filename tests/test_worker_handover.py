@@ -142,15 +142,18 @@ def test_a_broken_candidate_is_refused_and_the_current_model_goes_on(kafka_broke
     data = sine_fleet(4, 20, 1, seed=3)
     p1, p2 = fleet_messages(data[:, :10], ids, ["temp"]), fleet_messages(data, ids, ["temp"], start=10)
     topics = kafka_broker.topics("broken")
-    s = worker_settings(kafka_broker, topics, folder, tmp_path / "ck", handover={"watch_interval_s": 0.3})
+    s = worker_settings(kafka_broker, topics, folder, tmp_path / "ck", handover={"watch_interval_s": 3600})
     kafka_broker.produce(topics["readings"], p1)
     w = RunningWorker(s, artifact=a)
     w.wait_consumed(len(p1))
     art.point_latest(path_b)
+    w.worker.watch.request_check()  # what SIGHUP does: read the pointer now, not in an hour
     _wait(lambda: w.metrics.candidate_refused._value.get() == 1, 60, "the refusal")
     kafka_broker.produce(topics["readings"], p2)
     w.wait_consumed(len(p1) + len(p2))
-    time.sleep(1.0)  # several more pointer reads: the same candidate is not tried again
+    for _ in range(3):  # more pointer reads: the same candidate is not tried again
+        w.worker.watch.request_check()
+        time.sleep(0.3)
     assert w.metrics.candidates.labels("refused_invalid")._value.get() == 1
     body = urllib.request.urlopen(f"http://127.0.0.1:{w.port}/metrics", timeout=5).read().decode()
     assert "slotwatch_model_candidate_refused 1.0" in body
@@ -185,6 +188,8 @@ def test_shadow_check_keeps_a_candidate_that_flags_far_more_out(kafka_broker, ar
     rate = w.metrics.shadow_flag_rate.labels
     assert rate("candidate")._value.get() > 0.2 and rate("candidate")._value.get() - rate("current")._value.get() > 0.05
     assert w.metrics.shadow_readings._value.get() >= 80
+    err = w.metrics.shadow_error.labels
+    assert err("candidate")._sum.get() > 0 and err("current")._sum.get() > 0  # error quantiles of both
     w.wait_consumed(len(p1) + len(p2))
     assert w.worker.model_version == a.version and w.metrics.candidate_refused._value.get() == 1
     assert w.stop() == 0

@@ -122,8 +122,12 @@ class Metrics:
             "slotwatch_shadow_flag_rate", "Share of shadow readings flagged, by model (current, candidate).", ["model"], registry=r)
         self.shadow_disagree = Gauge(
             "slotwatch_shadow_disagreement_ratio", "Share of shadow readings one model flags and the other does not.", registry=r)
+        self.shadow_error = Histogram(
+            "slotwatch_shadow_error", "Reconstruction error (residual units) of shadow readings, by model (current, candidate).",
+            ["model"], buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0), registry=r)
         for who in ("current", "candidate"):
             self.shadow_flag_rate.labels(who)
+            self.shadow_error.labels(who)
 
     def _checkpoint_age(self) -> float:
         last = self.checkpoint_last._value.get()  # noqa: SLF001 - prometheus_client keeps it here

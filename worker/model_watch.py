@@ -20,7 +20,8 @@ keeps polling (no rebalance, no session timeout, no blind window):
    then on the candidate also steps every reading of the sensors it holds (its outputs are
    not published), so it stays current while the rest is warmed.
 3. **shadow** (``shadow_readings`` > 0) — the warmed candidate scores beside the current
-   model for that many readings; flag rates and disagreement go to metrics.  If its flag
+   model for that many readings; flag rates, error distributions (``slotwatch_shadow_error``,
+   for quantiles) and disagreement go to metrics.  If its flag
    rate is further than ``max_flag_rate_diff`` from the current one's, it is refused
    (``outcome="refused_shadow"``) unless ``force`` is set.
 4. **switch** — at a checkpoint boundary: the worker flushes its outputs and writes a
@@ -105,6 +106,7 @@ class ModelWatch:
         if self.stage != "shadow":
             return
         cur_flag = cand_flag = diff = n = 0
+        cur_err, cand_err = [], []
         for i, c in zip(pick, got):
             o = results[i]
             if isinstance(o, Score) and isinstance(c, Score):
@@ -112,11 +114,17 @@ class ModelWatch:
                 cur_flag += o.is_anomaly
                 cand_flag += c.is_anomaly
                 diff += o.is_anomaly != c.is_anomaly
+                cur_err.append(o.error)
+                cand_err.append(c.error)
         self.shadow_n += n
         self.shadow_cur += cur_flag
         self.shadow_cand += cand_flag
         self.shadow_diff += diff
         m = self.worker.metrics
+        from worker.metrics import observe_many
+
+        observe_many(m.shadow_error.labels("current"), cur_err)
+        observe_many(m.shadow_error.labels("candidate"), cand_err)
         m.shadow_readings.set(self.shadow_n)
         if self.shadow_n:
             m.shadow_flag_rate.labels("current").set(self.shadow_cur / self.shadow_n)
