@@ -82,6 +82,17 @@ class Metrics:
         self.broker_up = Gauge("slotwatch_broker_up", "1 when the last broker call succeeded.", registry=r)
         self.start_time = Gauge("slotwatch_start_time_seconds", "Unix time the worker started.", registry=r)
         self.start_time.set(time.time())
+        # hardening (issue 10): bounded memory and failures that must not stop the worker
+        self.evicted = Counter(
+            "slotwatch_sensors_evicted_total", "Sensors dropped from the worker's table, by reason "
+            "(idle: to make room under SLOTWATCH_LIMITS__MAX_SENSORS).", ["reason"], registry=r
+        )
+        self.evicted.labels("idle")
+        self.sensors_capacity = Gauge("slotwatch_sensors_capacity", "Most sensors the worker holds (SLOTWATCH_LIMITS__MAX_SENSORS).", registry=r)
+        self.rewinds = Counter(
+            "slotwatch_rewinds_total", "Times an unexpected error made the worker reload its checkpoints and replay "
+            "(the failing reading goes to the dead-letter topic as internal_error).", registry=r
+        )
 
     def _checkpoint_age(self) -> float:
         last = self.checkpoint_last._value.get()  # noqa: SLF001 - prometheus_client keeps it here
