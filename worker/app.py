@@ -216,6 +216,7 @@ class Worker:
                 log.info("final checkpoint written and committed", extra={"partitions": sorted(self.restored)})
             else:
                 log.error("final checkpoint not written (output not acknowledged); a restart replays from the previous one")
+        self.rejection_log.flush()
         self._closing = True
         if self._writer is not None:
             self._writer.shutdown(wait=True)
