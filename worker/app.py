@@ -401,7 +401,12 @@ class Worker:
         self.applied.clear()
         self.checkpointed.clear()
         self._stats = self._stats_snapshot()
-        self.on_assigned([TopicPartition(self.topic, p) for p in parts])
+        try:
+            self.on_assigned([TopicPartition(self.topic, p) for p in parts])
+        except Exception as e2:  # noqa: BLE001 - cannot reload: stop (exit 3); a restart replays from the checkpoints
+            log.exception("reloading the checkpoints after a core failure failed")
+            self._fatal = FatalCheckpointError(f"reloading the checkpoints after a core failure failed: {e2}")
+            return
         for p in parts:
             if p not in self.checkpointed and p in self._origin and p in self.restored:
                 self.consumer.seek(TopicPartition(self.topic, p), self._origin[p])
