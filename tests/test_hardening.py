@@ -157,6 +157,20 @@ def test_a_flood_of_distinct_ids_stays_within_max_sensors(a1):
     assert isinstance(det.process([Reading("flood-0-5", NOW_MS + MIN, np.array([1.0]), partition=2)])[0], Score)
 
 
+def test_a_flood_that_is_refused_still_moves_time_on_so_idle_sensors_make_room(a1):
+    """Refused readings add no rows, so the partition's time must come from the readings being processed."""
+    gap = 10 * MIN
+    det = SlotDetector(a1, slots=8, max_sensors=50, max_gap_ms=gap)
+    scored = 0
+    for b in range(40):  # a new sensor a minute, 10 per poll
+        out = det.process([Reading(f"f{b}-{i}", (10 * b + i) * MIN, np.array([1.0]), partition=0) for i in range(10)])
+        scored += sum(isinstance(o, Score) for o in out)
+        assert det.table.n_rows <= 50
+    assert det.stats.evicted_idle > 0 and scored > 50
+    held = [det.table.cols["last_ts"][det.table.index[s]] for s in det.table.ids]
+    assert min(held) >= (399 - 50 - 10 - 10) * MIN  # only sensors seen within about max_gap + the cap are held
+
+
 def test_idle_sensors_are_evicted_first_and_come_back_as_after_a_gap_reset(a1):
     gap = 10 * MIN
     capped = SlotDetector(a1, slots=8, max_sensors=4, max_gap_ms=gap)

@@ -17,7 +17,7 @@ exactly as it was.
 
 Capacity: with ``max_sensors`` the table holds at most that many sensors.  A new sensor
 that does not fit first evicts sensors idle for longer than ``max_gap_ms`` (behind the
-newest reading of their partition; oldest first), whose state a returning reading would
+newest reading of their partition, held or being processed; oldest first), whose state a returning reading would
 zero anyway; when none is idle it is rejected ``no_capacity``.  Evictions are counted in
 ``stats.evicted_idle`` and listed by :meth:`SlotDetector.drain_evicted`.
 
@@ -227,7 +227,15 @@ class SlotDetector:
         need = table.n_rows + len(new) - self.max_sensors
         if need <= 0:
             return
-        evicted = self._evict_idle(need, exclude=groups)
+        # the partitions' stream time includes this call's readings: a flood of new sensors that are all
+        # refused never moves the table's own times forward, yet it does make the old sensors idle
+        now: dict[int, int] = {}
+        for idx in groups.values():
+            for i in idx:
+                r = readings[i]
+                if r.ts_ms > now.get(r.partition, NO_TS):
+                    now[r.partition] = int(r.ts_ms)
+        evicted = self._evict_idle(need, exclude=groups, now=now)
         refused = new[len(new) - (need - evicted):] if need > evicted else []
         for sid in refused:
             for i in groups.pop(sid):
@@ -235,8 +243,9 @@ class SlotDetector:
                 out[i] = Rejection("no_capacity", f"the worker holds its maximum of {self.max_sensors} sensors "
                                    "and none is idle", sid, r.partition, r.offset)
 
-    def _evict_idle(self, k: int, exclude) -> int:
-        """Drop up to ``k`` sensors idle longer than max_gap behind their partition's newest reading, oldest first."""
+    def _evict_idle(self, k: int, exclude, now: dict[int, int] | None = None) -> int:
+        """Drop up to ``k`` sensors idle longer than max_gap behind their partition's newest reading
+        (in the table, or in ``now``: partition -> newest time stamp being processed), oldest first."""
         table = self.table
         n = table.n_rows
         if n == 0:
@@ -246,6 +255,8 @@ class SlotDetector:
         uniq, inv = np.unique(parts, return_inverse=True)
         clock = np.full(len(uniq), NO_TS, np.int64)
         np.maximum.at(clock, inv, lt)
+        if now:
+            clock = np.maximum(clock, np.array([now.get(int(u), NO_TS) for u in uniq.tolist()], np.int64))
         with np.errstate(over="ignore"):
             idle = (lt < clock[inv] - self.max_gap_ms) & (clock[inv] != NO_TS)
         cand = np.nonzero(idle)[0]
