@@ -2,7 +2,8 @@
 
 :class:`ModelWatch` sits beside the worker's poll loop; the worker calls three hooks:
 ``tick()`` once per loop turn, ``on_readings(readings, results)`` after the current model
-scored a poll's readings, and ``on_dropped(partition)`` when a partition leaves.
+scored a poll's readings, ``on_dropped(partition)`` when a partition leaves and
+``on_rewind()`` when the worker reloads its state from the checkpoints.
 ``request_check()`` (SIGHUP) reads the pointer at the next turn instead of waiting for
 ``SLOTWATCH_HANDOVER__WATCH_INTERVAL_S``.
 
@@ -93,9 +94,24 @@ class ModelWatch:
 
     def on_readings(self, readings, results) -> None:
         """Step the candidate over the readings of the sensors it already holds (unpublished)."""
-        cand = self.candidate
-        if cand is None or self.stage not in ("warming", "shadow") or not readings:
+        if self.candidate is None or self.stage not in ("warming", "shadow") or not readings:
             return
+        try:
+            self._shadow(readings, results)
+        except Exception as e:  # noqa: BLE001 - the candidate failing must never stop the worker
+            log.exception("model candidate failed on a poll's readings")
+            self._refuse("refused_invalid", f"scoring in shadow failed: {e}")
+
+    def on_rewind(self) -> None:
+        """The worker reloaded its state from the checkpoints: the candidate's copy is ahead; warm it again."""
+        if self.candidate is not None and self.stage in ("warming", "shadow"):
+            self.candidate.clear()
+            self.warmed = 0
+            self.shadow_n = self.shadow_cur = self.shadow_cand = self.shadow_diff = 0
+            self.stage = "warming"
+
+    def _shadow(self, readings, results) -> None:
+        cand = self.candidate
         from worker.core.readings import Score
 
         index = cand.table.index
