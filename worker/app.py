@@ -52,7 +52,7 @@ log = logging.getLogger("slotwatch.worker")
 
 EXIT_OK = 0
 EXIT_CONFIG = 2  # bad settings or artifact
-EXIT_CHECKPOINT = 3  # checkpoint does not fit (model version) or is unreadable
+EXIT_CHECKPOINT = 3  # checkpoint cannot fit the model (other features) or is unreadable
 EXIT_GRACE = 4  # shutdown did not finish within the grace period
 
 #: dead letters keep the original bytes up to this size (the producer's request limit is 1 MiB);
