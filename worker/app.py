@@ -87,6 +87,7 @@ class Worker:
             threshold=s.model.threshold,
             warmup=s.model.warmup,
             recent=s.model.recent_readings,
+            episodes=s.episodes.params(),
         )
         self.codec = ReadingCodec(self.features, s.kafka.max_message_bytes)
         self.topic = s.kafka.readings_topic
@@ -256,21 +257,26 @@ class Worker:
         results = self.detector.process(readings) if readings else []
         now = time.time()
         kafka = self.settings.kafka
+        episodes = self.settings.episodes
         n_scored = 0
         ts_scored = []
         for r, raw in zip(results, origin):
             if isinstance(r, Score):
                 n_scored += 1
                 ts_scored.append(r.ts_ms)
-                if r.is_anomaly or kafka.publish_scores:
-                    value = encode_score(r, self.features, self.model_version)
+                per_reading = r.is_anomaly and episodes.publish_readings
+                if per_reading or kafka.publish_scores:
+                    value = encode_score(r, self.features, self.model_version, episodes.top_features)
                     key = r.sensor_id.encode("utf-8")
                     if kafka.publish_scores:
                         self._send(kafka.scores_topic, key, value, None, "score")
-                    if r.is_anomaly:
+                    if per_reading:
                         self._send(kafka.anomalies_topic, key, value, None, "anomaly")
-                        log.debug("anomaly: score %.6f", r.score,
-                                 extra={"sensor_id": r.sensor_id, "partition": r.partition, "offset": r.offset})
+                if r.is_anomaly:
+                    log.debug("anomaly: score %.9f, surprise %.2f", r.score, r.surprise,
+                              extra={"sensor_id": r.sensor_id, "partition": r.partition, "offset": r.offset})
+                if r.episodes:
+                    self._publish_episodes(r.episodes)
             else:
                 rejects.append((r, raw))
         m.scored.inc(n_scored)
@@ -283,6 +289,26 @@ class Worker:
             self._prune_outbox()
         m.consumed.inc(n_consumed)  # last, so that a scrape never sees consumed > scored + rejected + skipped
         self.since_checkpoint += n_consumed
+
+    def _publish_episodes(self, events) -> None:
+        """Episode open/close messages on the anomalies topic (worker.core.episodes), counted and logged."""
+        from worker.codec import encode_episode
+
+        m = self.metrics
+        for e in events:
+            self._send(self.settings.kafka.anomalies_topic, e.sensor_id.encode("utf-8"),
+                       encode_episode(e, self.model_version), None, "episode")
+            top = e.features[0] if e.features else None
+            what = f"; top feature {top['feature']} z {top['z']:+.2f}" if top else ""
+            if e.event == "open":
+                m.episodes_opened.labels(e.kind).inc()
+                log.info("episode opened: %s, score %.9f, surprise %.2f%s", e.episode_id, e.score, e.surprise, what,
+                         extra={"sensor_id": e.sensor_id})
+            else:
+                m.episodes_closed.labels(e.kind, e.close_reason).inc()
+                log.info("episode closed (%s): %s, %d readings flagged over %.0f s, peak surprise %.2f%s", e.close_reason,
+                         e.episode_id, e.readings_flagged, e.duration_s, e.peak_surprise, what,
+                         extra={"sensor_id": e.sensor_id})
 
     def _dead_letter(self, rej, raw: bytes | None) -> None:
         from worker.codec import dead_letter_headers
@@ -320,6 +346,7 @@ class Worker:
         m.anomalies.inc(anom)
         m.slots_in_use.set(len(det.router))
         m.sensors_known.set(det.table.n_rows)
+        m.episodes_open.labels(det.episodes.kind).set(det.episodes.open_count())
 
     # ------------------------------------------------------------------ output
     def _send(self, topic: str, key, value: bytes, headers, kind: str) -> None:

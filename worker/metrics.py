@@ -41,7 +41,7 @@ class Metrics:
         self.published = Counter(
             "slotwatch_messages_published_total", "Messages produced, by topic kind.", ["kind"], registry=r
         )
-        for kind in ("score", "anomaly", "dead_letter"):
+        for kind in ("score", "anomaly", "episode", "dead_letter"):
             self.published.labels(kind)
         self.resets = Counter("slotwatch_sensor_resets_total", "Sensor state resets, by cause.", ["cause"], registry=r)
         for cause in ("gap", "request"):
@@ -82,6 +82,16 @@ class Metrics:
         self.broker_up = Gauge("slotwatch_broker_up", "1 when the last broker call succeeded.", registry=r)
         self.start_time = Gauge("slotwatch_start_time_seconds", "Unix time the worker started.", registry=r)
         self.start_time.set(time.time())
+        # issue 9 episodes: alerts as episodes (worker.core.episodes); readings flagged stay in slotwatch_anomalies_total
+        self.episodes_opened = Counter("slotwatch_episodes_opened_total", "Anomaly episodes opened, by kind.", ["kind"], registry=r)
+        self.episodes_closed = Counter(
+            "slotwatch_episodes_closed_total", "Anomaly episodes closed, by kind and close reason.", ["kind", "reason"], registry=r
+        )
+        self.episodes_open = Gauge("slotwatch_episodes_open", "Episodes open now (sensors of this worker), by kind.", ["kind"], registry=r)
+        self.episodes_opened.labels("score")
+        self.episodes_open.labels("score")
+        for reason in ("quiet", "accepted", "reset"):
+            self.episodes_closed.labels("score", reason)
 
     def _checkpoint_age(self) -> float:
         last = self.checkpoint_last._value.get()  # noqa: SLF001 - prometheus_client keeps it here
