@@ -22,6 +22,8 @@ import logging
 import os
 from pathlib import Path
 
+from worker.core.attribution import format_score
+
 
 HELP = "replay labeled data through the scoring core: precision/recall/F1, detection delay, false alarms, plots"
 
@@ -170,7 +172,7 @@ def evaluate(model_path, data_path, report_dir, *, baselines_train=None, baselin
     }
     (report / "summary.json").write_text(json.dumps(summary, indent=2))
     md = [f"# Evaluation of {a.version}", "", f"Data: `{data_path}` — {summary['readings']} readings of "
-          f"{summary['sensors']} sensors, {summ['windows']} labeled anomaly windows. Threshold {det.threshold:.6g}.",
+          f"{summary['sensors']} sensors, {summ['windows']} labeled anomaly windows. Threshold {format_score(det.threshold)}.",
           "", table_md(results), "", "## Recall by anomaly kind (median delay in readings)", "", kinds_md(results), "",
           "## Sensors", ""]
     md += [f"![{p.stem}]({p.name})" for p in pics]

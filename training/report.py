@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from worker.core.attribution import format_score
+
 
 def _plt():
     import matplotlib
@@ -59,7 +61,7 @@ def series_plot(path: Path, title: str, ts, values, expected, features: list[str
         ax.set_ylabel(features[k])
     ax = axes[-1]
     ax.plot(t, score, lw=0.7, color="k", label="score")
-    ax.axhline(threshold, color="r", ls="--", lw=0.8, label=f"threshold {threshold:.6g}")
+    ax.axhline(threshold, color="r", ls="--", lw=0.8, label=f"threshold {format_score(threshold)}")
     if warming is not None and np.any(warming):
         w = np.asarray(warming, bool)
         ax.fill_between(t, 0, 1, where=w, color="grey", alpha=0.15, step="mid", label="warming up")

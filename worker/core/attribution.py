@@ -32,6 +32,15 @@ def surprise(tail: np.ndarray | float) -> np.ndarray:
     return -np.log10(np.clip(t, TAIL_FLOOR, 1.0))
 
 
+def format_score(p: float) -> str:
+    """A score or threshold with enough digits to tell values near 1 apart, and its surprise.
+
+    >>> format_score(0.99999619), format_score(0.5)
+    ('0.99999619 (surprise 5.42)', '0.5 (surprise 0.30)')
+    """
+    return f"{p:.10g} (surprise {float(surprise(1.0 - p)):.2f})"
+
+
 def top_features(features, actual, expected, z, k: int) -> list[dict]:
     """The ``k`` features with the largest ``|z|`` (ties: feature order), most deviating first."""
     za = np.asarray(z, dtype=np.float64)
