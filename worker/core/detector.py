@@ -312,12 +312,12 @@ class SlotDetector:
         for i, r, sc, e, an, wu, ex, sp, z in zip(idx, batch, score.tolist(), err.tolist(), anom.tolist(), warming.tolist(),
                                                  expected, surp.tolist(), fz):
             out[i] = Score(r.sensor_id, r.ts_ms, sc, e, an, thr, wu, r.values, ex, r.partition, r.offset, r.label, sp, z)
-        for p, ev in events:  # in position order: a reset's close comes before this reading's open
+        for p, event in events:  # in position order: a reset's close comes before this reading's open
             sc = out[idx[p]]
             if sc.episodes is None:
-                sc.episodes = [ev]
+                sc.episodes = [event]
             else:
-                sc.episodes.append(ev)
+                sc.episodes.append(event)
 
     def _flatline_score(self, rows: np.ndarray, x: np.ndarray, std: np.ndarray) -> np.ndarray:
         """Flatline score of this reading and the ``flat_window`` before it (from the recent ring)."""
