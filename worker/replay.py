@@ -20,13 +20,15 @@ log = logging.getLogger("slotwatch.replay")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from worker.argtypes import positive_int
+
     p.add_argument("--model", required=True, type=Path, help="artifact directory (or a folder with a `latest` pointer)")
     p.add_argument("--data", required=True, type=Path, help="input file: sensor_id, ts, feature columns[, label]")
     p.add_argument("--out", required=True, type=Path, help="output .csv or .parquet")
-    p.add_argument("--slots", type=int, default=None, help="batch slots B (default: SLOTWATCH_MODEL__SLOTS, 256)")
-    p.add_argument("--chunk", type=int, default=2000, help="readings per call, like one Kafka poll (default 2000)")
+    p.add_argument("--slots", type=positive_int, default=None, help="batch slots B (default: SLOTWATCH_MODEL__SLOTS, 256)")
+    p.add_argument("--chunk", type=positive_int, default=2000, help="readings per call, like one Kafka poll (default 2000)")
     p.add_argument("--threshold", type=float, default=None, help="override the artifact's threshold")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (none either when stderr is not a terminal)")
 
 
 def replay_frame(detector, df, features, chunk: int = 2000, progress: bool = False):
@@ -108,7 +110,12 @@ def main(args: argparse.Namespace) -> int:
     try:
         a = art.load(args.model)
         df, features = load_readings(args.data, a.manifest.features)
-    except (art.ArtifactError, DataFileError) as e:
+    except art.ArtifactError as e:
+        from worker.exits import model_error
+
+        log.error("%s", model_error(e, "--model"))
+        return 2
+    except DataFileError as e:
         log.error("%s", e)
         return 2
     slots = args.slots or settings.model.slots
@@ -122,7 +129,9 @@ def main(args: argparse.Namespace) -> int:
         recent=settings.model.recent_readings,
         episodes=settings.episodes.params(),
     )
-    out = replay_frame(det, df, features, chunk=args.chunk, progress=not args.no_progress)
+    from worker.progress import want_progress
+
+    out = replay_frame(det, df, features, chunk=args.chunk, progress=want_progress(not args.no_progress))
     write_table(out, args.out)
     rejected = int((out["rejected"] != "").sum())
     log.info(

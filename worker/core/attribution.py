@@ -6,8 +6,8 @@ of 0.999 is surprise 3, 0.999999 is 6.  :func:`surprise` is the one place it is 
 its input is ``1 - score`` floored at :data:`TAIL_FLOOR` (the smallest tail ``1 - score``
 resolves in float64), so it is finite and capped at :data:`MAX_SURPRISE`.
 
->>> surprise(1.0 - np.array([0.5, 0.999, 0.999999, 1.0])).round(3).tolist()
-[0.301, 3.0, 6.0, 16.0]
+>>> surprise(1.0 - np.array([0.0, 0.5, 0.999, 0.999999, 1.0])).round(3).tolist()
+[0.0, 0.301, 3.0, 6.0, 16.0]
 
 *Attribution*: per feature, ``z = (actual - expected) / typical residual`` in the sensor's
 scaled units (the per-feature errors the scorer already computes); the features that
@@ -29,16 +29,7 @@ MAX_SURPRISE = 16.0
 def surprise(tail: np.ndarray | float) -> np.ndarray:
     """``-log10(tail)``, with ``tail`` floored at :data:`TAIL_FLOOR` (finite, at most 16), vectorised."""
     t = np.asarray(tail, dtype=np.float64)
-    return -np.log10(np.clip(t, TAIL_FLOOR, 1.0))
-
-
-def format_score(p: float) -> str:
-    """A score or threshold with enough digits to tell values near 1 apart, and its surprise.
-
-    >>> format_score(0.99999619), format_score(0.5)
-    ('0.99999619 (surprise 5.42)', '0.5 (surprise 0.30)')
-    """
-    return f"{p:.10g} (surprise {float(surprise(1.0 - p)):.2f})"
+    return -np.log10(np.clip(t, TAIL_FLOOR, 1.0)) + 0.0  # + 0.0: no -0.0 for a tail of 1
 
 
 def top_features(features, actual, expected, z, k: int) -> list[dict]:
