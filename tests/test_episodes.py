@@ -230,3 +230,18 @@ def test_episode_messages_follow_the_shared_schema_and_are_deterministic(art3):
     assert d["features"][0]["feature"] == "rpm" and len(d["features"]) == 2 and d["surprise"] > 3
     quiet = json.loads(encode_score(res[0], FEATS, "v1"))
     assert set(quiet["z"]) == set(FEATS) and "features" not in quiet and quiet["type"] == "score"
+
+
+def test_an_evicted_sensor_s_open_episode_closes_as_evicted(art3):
+    data, ids = _fleet()
+    det = SlotDetector(art3, slots=8, max_gap_ms=5 * 60_000, max_sensors=6, episodes=EpisodeParams(quiet_readings=30))
+    det.process(_readings(data[:, :45], ids))
+    assert det.table.cols["ep_start_ts"][det.table.index["s2"]] != NO_TS
+    others = [Reading(s, t * 60_000, data[int(s[1:]), t].copy(), partition=0) for t in range(45, 60) for s in ids if s != "s2"]
+    det.process(others)
+    assert det.drain_episode_events() == []
+    (r,) = det.process([Reading("s9", 60 * 60_000, data[0, 0].copy(), partition=0)])  # a 7th sensor: s2 (idle) makes room
+    assert isinstance(r, Score) and "s2" not in det.table.index
+    (c,) = det.drain_episode_events()
+    assert (c.sensor_id, c.event, c.close_reason, c.end_ts_ms) == ("s2", "close", "evicted", 44 * 60_000)
+    assert c.ts_ms == 60 * 60_000 and det.drain_episode_events() == []  # the partition's stream time, the new reading included

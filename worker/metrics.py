@@ -97,6 +97,17 @@ class Metrics:
             "From the poll that returned the reading to its score (decoding, the core's ticks); the worker's own share.",
             buckets=LATENCY_BUCKETS, registry=r,
         )
+        # hardening (issue 10): bounded memory and failures that must not stop the worker
+        self.evicted = Counter(
+            "slotwatch_sensors_evicted_total", "Sensors dropped from the worker's table, by reason "
+            "(idle: to make room under SLOTWATCH_LIMITS__MAX_SENSORS).", ["reason"], registry=r
+        )
+        self.evicted.labels("idle")
+        self.sensors_capacity = Gauge("slotwatch_sensors_capacity", "Most sensors the worker holds (SLOTWATCH_LIMITS__MAX_SENSORS).", registry=r)
+        self.rewinds = Counter(
+            "slotwatch_rewinds_total", "Times an unexpected error made the worker reload its checkpoints and replay "
+            "(the failing reading goes to the dead-letter topic as internal_error).", registry=r
+        )
         # issue 9 episodes: alerts as episodes (worker.core.episodes); readings flagged stay in slotwatch_anomalies_total
         self.episodes_opened = Counter("slotwatch_episodes_opened_total", "Anomaly episodes opened, by kind.", ["kind"], registry=r)
         self.episodes_closed = Counter(
@@ -105,7 +116,7 @@ class Metrics:
         self.episodes_open = Gauge("slotwatch_episodes_open", "Episodes open now (sensors of this worker), by kind.", ["kind"], registry=r)
         self.episodes_opened.labels("score")
         self.episodes_open.labels("score")
-        for reason in ("quiet", "accepted", "reset"):
+        for reason in ("quiet", "accepted", "reset", "evicted"):
             self.episodes_closed.labels("score", reason)
 
     def _checkpoint_age(self) -> float:
