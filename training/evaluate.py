@@ -23,7 +23,6 @@ import os
 from pathlib import Path
 
 
-
 HELP = "replay labeled data through the scoring core: precision/recall/F1, detection delay, false alarms, plots"
 
 log = logging.getLogger("slotwatch.evaluate")

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 
-
 def _plt():
     import matplotlib
 
