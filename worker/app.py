@@ -91,6 +91,7 @@ class Worker:
             threshold=s.model.threshold,
             warmup=s.model.warmup,
             recent=s.model.recent_readings,
+            episodes=s.episodes.params(),
             max_sensors=s.limits.max_sensors,
             max_sensor_id_bytes=s.limits.max_sensor_id_bytes,
         )
@@ -298,12 +299,22 @@ class Worker:
             self.watch.on_readings(readings, results)
         for topic, key, value, kind in outputs:
             self._send(topic, key, value, None, kind)
+        orphans = self.detector.drain_episode_events()  # closes of evicted sensors' episodes
+        if orphans:
+            from worker.codec import encode_episode
+
+            for e in orphans:
+                self._send(self.settings.kafka.anomalies_topic, e.sensor_id.encode("utf-8"),
+                           encode_episode(e, self.model_version), None, "episode")
+            self._note_episodes(orphans)
         n_scored = 0
         ts_scored = []
         for r, raw in zip(results, origin):
             if isinstance(r, Score):
                 n_scored += 1
                 ts_scored.append(r.ts_ms)
+                if r.episodes:
+                    self._note_episodes(r.episodes)
             else:
                 rejects.append((r, raw))
         if n_skipped:
@@ -326,6 +337,22 @@ class Worker:
             self._suspect = {p: r for p, r in self._suspect.items() if self.applied.get(p, -1) < r[1]}
         m.consumed.inc(n_consumed)  # last, so that a scrape never sees consumed > scored + rejected + skipped
         self.since_checkpoint += n_consumed
+
+    def _note_episodes(self, events) -> None:
+        """Count and log episode events whose messages were just sent (see :meth:`_outputs`)."""
+        m = self.metrics
+        for e in events:
+            top = e.features[0] if e.features else None
+            what = f"; top feature {top['feature']} z {top['z']:+.2f}" if top else ""
+            if e.event == "open":
+                m.episodes_opened.labels(e.kind).inc()
+                log.info("episode opened: %s, score %.9f, surprise %.2f%s", e.episode_id, e.score, e.surprise, what,
+                         extra={"sensor_id": e.sensor_id})
+            else:
+                m.episodes_closed.labels(e.kind, e.close_reason).inc()
+                log.info("episode closed (%s): %s, %d readings flagged over %.0f s, peak surprise %.2f%s", e.close_reason,
+                         e.episode_id, e.readings_flagged, e.duration_s, e.peak_surprise, what,
+                         extra={"sensor_id": e.sensor_id})
 
     def _score(self, readings) -> tuple[list, list]:
         """The core's results for ``readings`` and the outputs to send, or :class:`_CoreFailure`.
@@ -369,21 +396,30 @@ class Worker:
 
     def _outputs(self, results) -> list[tuple]:
         """(topic, key, value, kind) of every score to publish; encoding errors surface here, before any send."""
-        from worker.codec import encode_score
+        from worker.codec import encode_episode, encode_score
         from worker.core.readings import Score
 
         kafka = self.settings.kafka
+        episodes = self.settings.episodes
         out = []
         for r in results:
-            if isinstance(r, Score) and (r.is_anomaly or kafka.publish_scores):
-                value = encode_score(r, self.features, self.model_version)
+            if not isinstance(r, Score):
+                continue
+            per_reading = r.is_anomaly and episodes.publish_readings  # default: episode messages only
+            if per_reading or kafka.publish_scores:
+                value = encode_score(r, self.features, self.model_version, episodes.top_features)
                 key = r.sensor_id.encode("utf-8")
                 if kafka.publish_scores:
                     out.append((kafka.scores_topic, key, value, "score"))
-                if r.is_anomaly:
+                if per_reading:
                     out.append((kafka.anomalies_topic, key, value, "anomaly"))
-                    log.debug("anomaly: score %.6f", r.score,
-                              extra={"sensor_id": r.sensor_id, "partition": r.partition, "offset": r.offset})
+            if r.is_anomaly:
+                log.debug("anomaly: score %.9f, surprise %.2f", r.score, r.surprise,
+                          extra={"sensor_id": r.sensor_id, "partition": r.partition, "offset": r.offset})
+            if r.episodes:  # issue 9: one message when an episode opens, one when it closes
+                for e in r.episodes:
+                    out.append((kafka.anomalies_topic, e.sensor_id.encode("utf-8"), encode_episode(e, self.model_version),
+                                "episode"))
         return out
 
     def _rewind(self, failure: "_CoreFailure") -> None:
@@ -468,6 +504,7 @@ class Worker:
         m.anomalies.inc(anom)
         m.slots_in_use.set(len(det.router))
         m.sensors_known.set(det.table.n_rows)
+        m.episodes_open.labels(det.episodes.kind).set(det.episodes.open_count())
         ev = det.stats.evicted_idle - self._evicted_seen  # issue 10: sensors evicted to stay under max_sensors
         if ev > 0:
             self._evicted_seen += ev

@@ -43,7 +43,7 @@ class Metrics:
         self.published = Counter(
             "slotwatch_messages_published_total", "Messages produced, by topic kind.", ["kind"], registry=r
         )
-        for kind in ("score", "anomaly", "dead_letter"):
+        for kind in ("score", "anomaly", "episode", "dead_letter"):
             self.published.labels(kind)
         self.resets = Counter("slotwatch_sensor_resets_total", "Sensor state resets, by cause.", ["cause"], registry=r)
         for cause in ("gap", "request"):
@@ -108,6 +108,16 @@ class Metrics:
             "slotwatch_rewinds_total", "Times an unexpected error made the worker reload its checkpoints and replay "
             "(the failing reading goes to the dead-letter topic as internal_error).", registry=r
         )
+        # issue 9 episodes: alerts as episodes (worker.core.episodes); readings flagged stay in slotwatch_anomalies_total
+        self.episodes_opened = Counter("slotwatch_episodes_opened_total", "Anomaly episodes opened, by kind.", ["kind"], registry=r)
+        self.episodes_closed = Counter(
+            "slotwatch_episodes_closed_total", "Anomaly episodes closed, by kind and close reason.", ["kind", "reason"], registry=r
+        )
+        self.episodes_open = Gauge("slotwatch_episodes_open", "Episodes open now (sensors of this worker), by kind.", ["kind"], registry=r)
+        self.episodes_opened.labels("score")
+        self.episodes_open.labels("score")
+        for reason in ("quiet", "accepted", "reset", "evicted"):
+            self.episodes_closed.labels("score", reason)
 
         # model handover (issue 15): warm state from the recent-readings ring, live swap of `latest`, shadow check
         self.handover_warmed = Counter(

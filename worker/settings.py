@@ -151,6 +151,33 @@ def parse_name_list(v):
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+class EpisodeSettings(BaseModel):
+    """Alerts as episodes (worker.core.episodes): one message when a sensor starts deviating, one when it stops."""
+
+    quiet_readings: int = Field(
+        20, ge=0, description="An episode closes after this many unflagged readings in a row (0: off; see quiet_s)."
+    )
+    quiet_s: float = Field(
+        0.0, ge=0, description="...or at an unflagged reading this many seconds of stream time after the last flagged one (0: off), whichever first."
+    )
+    publish_readings: bool = Field(
+        False, description="Also publish every flagged reading's score message on the anomalies topic (default: episode messages only)."
+    )
+    top_features: int = Field(3, ge=1, description="Features named (most deviating first) in episode and anomaly messages.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "EpisodeSettings":
+        if self.quiet_readings == 0 and self.quiet_s == 0:
+            raise ValueError("episodes need a quiet period: set SLOTWATCH_EPISODES__QUIET_READINGS or SLOTWATCH_EPISODES__QUIET_S above 0")
+        return self
+
+    def params(self):
+        """The core's :class:`~worker.core.episodes.EpisodeParams` of these settings."""
+        from worker.core.episodes import EpisodeParams
+
+        return EpisodeParams(self.quiet_readings, self.quiet_s, self.top_features)
+
+
 class CheckpointSettings(BaseModel):
     """Durable per-partition state."""
 
@@ -243,6 +270,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     handover: HandoverSettings = Field(default_factory=HandoverSettings)
+    episodes: EpisodeSettings = Field(default_factory=EpisodeSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
