@@ -98,7 +98,7 @@ def test_checkpoint_without_the_adaptive_columns_restores_with_defaults(artifact
     row = det2.table.index["s1"]
     assert det2.table.cols["lvl_var"][row].tolist() == [COLUMN_DEFAULTS["lvl_var"]]
     assert det2.table.cols["move_rate"][row].tolist() == [COLUMN_DEFAULTS["move_rate"]]
-    assert det2.table.cols["ep_len"][row] == 0
+    assert det2.table.cols["adapt_len"][row] == 0
     more = _run(det2, "s1", sine_fleet(1, 60, 1, seed=1)[0, 50:, 0], start=50)
     assert all(np.isfinite(o.score) for o in more)
     with pytest.raises(KeyError):  # a column that always existed is still required

@@ -3,7 +3,7 @@ sensor's own history, and a bounded horizon after which a lasting deviation is t
 
 All pure numpy over the sensors of one tick (one element per sensor); the per-sensor state
 lives in the state table (columns ``lvl``, ``lvl_mean``, ``lvl_var``, ``move_rate``,
-``still_run``, ``ep_len``, ``ep_quiet``, ``ep_err_mean``, ``ep_err_var``).
+``still_run``, ``adapt_len``, ``adapt_quiet``, ``adapt_err_mean``, ``adapt_err_var``).
 
 **Level channel.**  A next-reading predictor follows a lasting change of level within a few
 readings (it sees the new level as input), so its error says "something changed" only at
@@ -25,7 +25,7 @@ stuck; one that always moved and stops is flagged after a handful of readings.
 
 **Horizon.**  An *episode* is a run of flags, ended by ``quiet`` unflagged readings.  While
 an episode is open the long-run statistics do not learn; the errors of the episode are
-averaged (``ep_err_mean``/``ep_err_var``).  When an episode reaches ``accept_after``
+averaged (``adapt_err_mean``/``adapt_err_var``).  When an episode reaches ``accept_after``
 readings its deviation is accepted as the new normal: the error statistics take the
 episode's, the level means take the current levels, a still feature's move rate is reset
 as if it had always been flat, and the reading says ``accepted``.  So a lasting change is
@@ -63,7 +63,7 @@ from worker.core.scorer import ScorerParams, normal_sf, score_step
 LEVEL_VAR_FLOOR = 0.0625
 
 #: state-table columns of this module, and all the columns a tick's scoring reads and writes
-ADAPT_COLUMNS = ("lvl", "lvl_mean", "lvl_var", "move_rate", "still_run", "ep_len", "ep_quiet", "ep_err_mean", "ep_err_var")
+ADAPT_COLUMNS = ("lvl", "lvl_mean", "lvl_var", "move_rate", "still_run", "adapt_len", "adapt_quiet", "adapt_err_mean", "adapt_err_var")
 STATE_COLUMNS = ("err_mean", "err_var", "err_short", *ADAPT_COLUMNS)
 
 
@@ -141,7 +141,7 @@ def episode_step(a: AdaptParams, flagged: np.ndarray, err: np.ndarray, ep_len: n
                  ep_mean: np.ndarray, ep_var: np.ndarray):
     """Advance the episode counters; returns (ep_len, ep_quiet, ep_mean, ep_var, accept (n,) bool).
 
-    ``ep_len`` counts the readings since the episode's first flag (0 = none open).
+    ``adapt_len`` counts the readings since the episode's first flag (0 = none open).
     """
     open_ = (ep_len > 0) | flagged
     n = np.where(open_, ep_len + 1, 0)
@@ -184,13 +184,13 @@ def score_tick(p: ScorerParams, a: AdaptParams, st: dict, err: np.ndarray, xs: n
         anom = (~warming) & (score >= thr)
     if a.hold < 1.0:  # hysteresis: an open episode needs less surprise to go on than to start
         hold_tail = (1.0 - thr) ** a.hold
-        anom = anom | ((~warming) & (st["ep_len"] > 0) & (tail <= hold_tail))
+        anom = anom | ((~warming) & (st["adapt_len"] > 0) & (tail <= hold_tail))
     # the long-run statistics learn only outside episodes, and never from a flagged reading
-    learn = ~anom & ~(st["ep_len"] > 0)
+    learn = ~anom & ~(st["adapt_len"] > 0)
     em = np.where(learn, em, np.where(first, p.prior_mean, em0))
     ev = np.where(learn, ev, np.where(first, p.prior_var, ev0))
     lm, lv = level_learn(alpha, learn, lvl, lm, lv)
-    n_, q_, epm, epv, acc = episode_step(a, anom, err, st["ep_len"], st["ep_quiet"], st["ep_err_mean"], st["ep_err_var"])
+    n_, q_, epm, epv, acc = episode_step(a, anom, err, st["adapt_len"], st["adapt_quiet"], st["adapt_err_mean"], st["adapt_err_var"])
     if acc.any():  # the horizon: this deviation is the new normal
         em = np.where(acc, epm, em)
         ev = np.where(acc, np.maximum(ev, epv), ev)
@@ -199,14 +199,14 @@ def score_tick(p: ScorerParams, a: AdaptParams, st: dict, err: np.ndarray, xs: n
         rate = np.where(still, 1.0 / (run + 2.0), rate)
         epm, epv = np.where(acc, 0.0, epm), np.where(acc, 0.0, epv)
     new = {"err_mean": em, "err_var": ev, "err_short": es, "lvl": lvl, "lvl_mean": lm, "lvl_var": lv, "move_rate": rate,
-           "still_run": run, "ep_len": n_, "ep_quiet": q_, "ep_err_mean": epm, "ep_err_var": epv}
+           "still_run": run, "adapt_len": n_, "adapt_quiet": q_, "adapt_err_mean": epm, "adapt_err_var": epv}
     return score, anom, warming, tail, acc, new
 
 
 def fresh_state(n: int, n_features: int) -> dict:
     """:data:`STATE_COLUMNS` of ``n`` sensors that have seen nothing (what a reset gives)."""
-    st = {k: np.zeros(n) for k in ("err_mean", "err_var", "err_short", "ep_err_mean", "ep_err_var")}
-    st.update(ep_len=np.zeros(n, np.int64), ep_quiet=np.zeros(n, np.int64), lvl=np.zeros((n, n_features)),
+    st = {k: np.zeros(n) for k in ("err_mean", "err_var", "err_short", "adapt_err_mean", "adapt_err_var")}
+    st.update(adapt_len=np.zeros(n, np.int64), adapt_quiet=np.zeros(n, np.int64), lvl=np.zeros((n, n_features)),
               lvl_mean=np.zeros((n, n_features)), lvl_var=np.ones((n, n_features)),
               move_rate=np.full((n, n_features), 0.5), still_run=np.zeros((n, n_features), np.int64))
     return st

@@ -72,7 +72,7 @@ def normal_sf(z: np.ndarray) -> np.ndarray:
     """``1 - normal_cdf(z)`` computed directly (no cancellation): the tail probability of a score.
 
     Scores near 1 all print as 1.000000; their tails stay distinguishable, so
-    ``-log10(normal_sf(z))`` (the *surprise*) separates them.
+    ``-log10(normal_sf(z))`` (the *surprise*, :func:`worker.core.attribution.surprise`) separates them.
 
     >>> [f"{float(normal_sf(z)):.3g}" for z in (0.0, 3.0, 10.0, 30.0)]
     ['0.5', '0.00135', '7.62e-24', '4.91e-198']
@@ -82,15 +82,6 @@ def normal_sf(z: np.ndarray) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     erfc = _erfc_abs(z * _SQRT1_2)
     return np.where(z >= 0, 0.5 * erfc, 1.0 - 0.5 * erfc)
-
-
-def surprise(tail: np.ndarray) -> np.ndarray:
-    """``-log10(tail)`` of a tail probability (``1 - score``), capped at 300 for a tail of 0.
-
-    >>> surprise(np.array([0.5, 1e-6, 0.0])).round(3).tolist()
-    [0.301, 6.0, 300.0]
-    """
-    return np.minimum(-np.log10(np.maximum(np.asarray(tail, dtype=np.float64), 1e-300)), 300.0)
 
 
 @dataclass(frozen=True)

@@ -36,25 +36,39 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "recent": ("float32", "RF"),  # ring of recent readings (raw values)
     "recent_ts": ("int64", "R"),
     "recent_pos": ("int32", ""),  # next write position in the ring
+    # issue 9 episodes (worker.core.episodes): the sensor's open episode, if any
+    "ep_start_ts": ("int64", ""),  # ms of its first flagged reading; NO_TS: no episode open
+    "ep_last_ts": ("int64", ""),  # ms of its last flagged reading
+    "ep_quiet": ("int64", ""),  # unflagged readings since then
+    "ep_flagged": ("int64", ""),  # flagged readings in the episode
+    "ep_peak_score": ("float64", ""),  # the peak (largest surprise) reading ...
+    "ep_peak_surprise": ("float64", ""),
+    "ep_peak_ts": ("int64", ""),
+    "ep_peak_actual": ("float64", "F"),  # ... its values, expected values and per-feature z
+    "ep_peak_expected": ("float64", "F"),
+    "ep_peak_z": ("float64", "F"),
     # issue 9 adaptive scorer (worker/core/adaptive.py); older checkpoints lack them: COLUMN_DEFAULTS
     "lvl": ("float64", "F"),  # level channel: EWMA of the scaled values
     "lvl_mean": ("float64", "F"),  # its long-run mean / variance
     "lvl_var": ("float64", "F"),
     "move_rate": ("float64", "F"),  # own share of readings that changed each feature
     "still_run": ("int64", "F"),  # readings since each feature last changed
-    "ep_len": ("int64", ""),  # readings of the open episode (0 = none)
-    "ep_quiet": ("int64", ""),  # unflagged readings in a row within it
-    "ep_err_mean": ("float64", ""),  # the episode's error mean / variance (what acceptance adopts)
-    "ep_err_var": ("float64", ""),
+    "adapt_len": ("int64", ""),  # readings of the open run of flags the horizon counts (0 = none)
+    "adapt_quiet": ("int64", ""),  # unflagged readings in a row within it
+    "adapt_err_mean": ("float64", ""),  # its error mean / variance (what acceptance adopts)
+    "adapt_err_var": ("float64", ""),
 }
 
-#: Value of a column in a row that is new, reset, or restored from a checkpoint written before
-#: the column existed (0 for every column not named here).  A restored sensor then behaves as
-#: one that has no level or movement history: level prior 0 +- 1 (scaled), move rate 1/2.
-COLUMN_DEFAULTS: dict[str, float] = {"lvl_var": 1.0, "move_rate": 0.5}
-
-
-_ADDED_LATER = ("lvl", "lvl_mean", "lvl_var", "move_rate", "still_run", "ep_len", "ep_quiet", "ep_err_mean", "ep_err_var")
+#: columns an older checkpoint may lack, and the value its sensors get on import (others: 0)
+COLUMN_DEFAULTS: dict[str, int | float] = {
+    "ep_start_ts": NO_TS,  # no episode open
+    **{name: 0 for name in ("ep_last_ts", "ep_quiet", "ep_flagged", "ep_peak_score", "ep_peak_surprise", "ep_peak_ts",
+                            "ep_peak_actual", "ep_peak_expected", "ep_peak_z")},
+    # adaptive scorer: a restored sensor has no level or movement history (level prior 0 +- 1 scaled, move rate 1/2)
+    "lvl_var": 1.0,
+    "move_rate": 0.5,
+    **{name: 0 for name in ("lvl", "lvl_mean", "still_run", "adapt_len", "adapt_quiet", "adapt_err_mean", "adapt_err_var")},
+}
 
 
 class StateTable:
@@ -135,13 +149,14 @@ class StateTable:
         for col in self.cols.values():
             col[rows] = 0
         c = self.cols
-        for name, v in COLUMN_DEFAULTS.items():
-            c[name][rows] = v
         c["last_ts"][rows] = NO_TS
         c["recent_ts"][rows] = NO_TS
         c["slot"][rows] = -1
         c["partition"][rows] = partition
         c["last_offset"][rows] = -1
+        c["ep_start_ts"][rows] = NO_TS
+        c["lvl_var"][rows] = 1.0
+        c["move_rate"][rows] = 0.5
 
     def clear_rows(self, rows: np.ndarray) -> None:
         """Restart rows' sequences: zero state and warm-up, forget time and errors (keeps scaling, offsets)."""
@@ -155,10 +170,10 @@ class StateTable:
         c["recent"][rows] = 0.0
         c["recent_ts"][rows] = NO_TS
         c["recent_pos"][rows] = 0
-        for name in ("lvl", "lvl_mean", "still_run", "ep_len", "ep_quiet", "ep_err_mean", "ep_err_var"):
+        for name in ("lvl", "lvl_mean", "still_run", "adapt_len", "adapt_quiet", "adapt_err_mean", "adapt_err_var"):
             c[name][rows] = 0
-        for name, v in COLUMN_DEFAULTS.items():
-            c[name][rows] = v
+        c["lvl_var"][rows] = 1.0
+        c["move_rate"][rows] = 0.5
 
     def rows_of_partition(self, partition: int) -> np.ndarray:
         n = self.n_rows
@@ -180,26 +195,48 @@ class StateTable:
             rows[new] = self.add_many([ids[i] for i in new])
         for name, (_, kind) in COLUMNS.items():
             want = self._shape(kind, len(ids))
-            if name not in data and name in _ADDED_LATER:  # a checkpoint older than the column
-                self.cols[name][rows] = COLUMN_DEFAULTS.get(name, 0)
-                continue
-            arr = data[name]
+            arr = data.get(name)
+            if arr is None and name in COLUMN_DEFAULTS:  # a checkpoint written before the column existed
+                arr = np.full(want, COLUMN_DEFAULTS[name], dtype=self.cols[name].dtype)
+            elif arr is None:
+                raise KeyError(f"column {name} missing")
             if arr.shape != want:
                 raise ValueError(f"column {name} has shape {arr.shape}, expected {want}")
             self.cols[name][rows] = arr
         return rows
 
     def remove_rows(self, rows: np.ndarray) -> None:
-        """Forget rows (e.g. a revoked partition's sensors); later rows move down."""
-        drop = set(int(r) for r in rows)
-        if not drop:
+        """Forget rows (a revoked partition's sensors, evicted idle sensors).
+
+        The last rows move into the holes (cost proportional to the rows removed, not to
+        the table), so row numbers of other sensors may change; use :attr:`index`.
+
+        >>> t = StateTable(n_features=1, state_size=2)
+        >>> _ = t.add_many(["a", "b", "c", "d"]); t.cols["total"][:4] = [1, 2, 3, 4]
+        >>> t.remove_rows(np.array([0, 2])); t.ids, t.cols["total"][:2].tolist()
+        (['d', 'b'], [4, 2])
+        """
+        n = self.n_rows
+        drop = np.unique(np.asarray(rows, dtype=np.int64))
+        if len(drop) == 0:
             return
-        keep = np.array([r for r in range(self.n_rows) if r not in drop], dtype=np.int64)
-        for name in COLUMNS:
-            col = self.cols[name]
-            col[: len(keep)] = col[keep]
-        self.ids = [self.ids[r] for r in keep]
-        self.index = {sid: i for i, sid in enumerate(self.ids)}
+        if drop[0] < 0 or drop[-1] >= n:
+            raise IndexError(f"rows {drop.tolist()[:5]}... outside the table of {n}")
+        m = n - len(drop)
+        holes = drop[drop < m]
+        movers = np.setdiff1d(np.arange(m, n, dtype=np.int64), drop, assume_unique=True)
+        ids, index = self.ids, self.index
+        for r in drop.tolist():
+            del index[ids[r]]
+        if len(holes):
+            for col in self.cols.values():
+                col[holes] = col[movers]
+            for h, mv in zip(holes.tolist(), movers.tolist()):
+                sid = ids[mv]
+                ids[h] = sid
+                index[sid] = h
+        del ids[m:]
+        # rows past the end are zeroed when reused (_init_rows)
 
     def nbytes_per_row(self) -> int:
         return sum(c.itemsize * int(np.prod(c.shape[1:], dtype=np.int64)) for c in self.cols.values())
