@@ -3,7 +3,9 @@
 Rows are taken in time order (ties keep file order) and fed to the same
 :class:`~worker.core.detector.SlotDetector` the worker runs, in chunks like Kafka polls.
 One output row per input row: sensor_id, ts, the values, expected values, error, score,
-is_anomaly, warming_up (and label when the input has one; rejected rows carry the reason).
+is_anomaly, warming_up, surprise, episode (the episode events the row caused: ``open``,
+``close:<reason>``, joined by ``;``) (and label when the input has one; rejected rows carry
+the reason).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def replay_frame(detector, df, features, chunk: int = 2000, progress: bool = Fal
     exp = np.full((n, f), np.nan)
     err = np.full(n, np.nan)
     score = np.full(n, np.nan)
+    surp = np.full(n, np.nan)
+    episode = np.full(n, "", dtype=object)
     anom = np.zeros(n, bool)
     warm = np.zeros(n, bool)
     reason = np.full(n, "", dtype=object)
@@ -65,6 +69,9 @@ def replay_frame(detector, df, features, chunk: int = 2000, progress: bool = Fal
             exp[i] = res.expected
             err[i] = res.error
             score[i] = res.score
+            surp[i] = res.surprise
+            if res.episodes:
+                episode[i] = ";".join(e.event if e.event == "open" else f"close:{e.close_reason}" for e in res.episodes)
             anom[i] = res.is_anomaly
             warm[i] = res.warming_up
         if bar:
@@ -80,6 +87,8 @@ def replay_frame(detector, df, features, chunk: int = 2000, progress: bool = Fal
     out["score"] = score
     out["is_anomaly"] = anom
     out["warming_up"] = warm
+    out["surprise"] = surp
+    out["episode"] = episode
     out["rejected"] = reason
     if "label" in df.columns:
         out["label"] = df["label"].to_numpy()
@@ -118,6 +127,7 @@ def main(args: argparse.Namespace) -> int:
         threshold=args.threshold if args.threshold is not None else settings.model.threshold,
         warmup=settings.model.warmup,
         recent=settings.model.recent_readings,
+        episodes=settings.episodes.params(),
     )
     from worker.progress import want_progress
 

@@ -36,6 +36,24 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "recent": ("float32", "RF"),  # ring of recent readings (raw values)
     "recent_ts": ("int64", "R"),
     "recent_pos": ("int32", ""),  # next write position in the ring
+    # issue 9 episodes (worker.core.episodes): the sensor's open episode, if any
+    "ep_start_ts": ("int64", ""),  # ms of its first flagged reading; NO_TS: no episode open
+    "ep_last_ts": ("int64", ""),  # ms of its last flagged reading
+    "ep_quiet": ("int64", ""),  # unflagged readings since then
+    "ep_flagged": ("int64", ""),  # flagged readings in the episode
+    "ep_peak_score": ("float64", ""),  # the peak (largest surprise) reading ...
+    "ep_peak_surprise": ("float64", ""),
+    "ep_peak_ts": ("int64", ""),
+    "ep_peak_actual": ("float64", "F"),  # ... its values, expected values and per-feature z
+    "ep_peak_expected": ("float64", "F"),
+    "ep_peak_z": ("float64", "F"),
+}
+
+#: columns an older checkpoint may lack, and the value its sensors get on import (others: 0)
+COLUMN_DEFAULTS: dict[str, int | float] = {
+    "ep_start_ts": NO_TS,  # no episode open
+    **{name: 0 for name in ("ep_last_ts", "ep_quiet", "ep_flagged", "ep_peak_score", "ep_peak_surprise", "ep_peak_ts",
+                            "ep_peak_actual", "ep_peak_expected", "ep_peak_z")},
 }
 
 
@@ -122,6 +140,7 @@ class StateTable:
         c["slot"][rows] = -1
         c["partition"][rows] = partition
         c["last_offset"][rows] = -1
+        c["ep_start_ts"][rows] = NO_TS
 
     def clear_rows(self, rows: np.ndarray) -> None:
         """Restart rows' sequences: zero state and warm-up, forget time and errors (keeps scaling, offsets)."""
@@ -155,8 +174,12 @@ class StateTable:
         if len(new):
             rows[new] = self.add_many([ids[i] for i in new])
         for name, (_, kind) in COLUMNS.items():
-            arr = data[name]
             want = self._shape(kind, len(ids))
+            arr = data.get(name)
+            if arr is None and name in COLUMN_DEFAULTS:  # a checkpoint written before the column existed
+                arr = np.full(want, COLUMN_DEFAULTS[name], dtype=self.cols[name].dtype)
+            elif arr is None:
+                raise KeyError(f"column {name} missing")
             if arr.shape != want:
                 raise ValueError(f"column {name} has shape {arr.shape}, expected {want}")
             self.cols[name][rows] = arr
