@@ -18,8 +18,8 @@ the SKAB real-data benchmark (:mod:`benchmarks.skab`; ``--skab PATH``, default
    and calibrated on the same training file by the same rule (the threshold flags at most
    1e-4 of the held-out normal readings), on the same test sets in the same run.
 
-Writes ``benchmarks/results/<machine>-<date>-quality.json`` and ``.md`` (and keeps the
-evaluation reports with their plots under ``benchmarks/results/quality-reports/``).
+Writes ``<results>/<machine>-<date>-quality.json`` and ``.md`` (``--results``, default ``bench-results/``; keeps the
+evaluation reports with their plots under ``<results>/quality-reports/``).
 Quality bar (issue 3): window-level F1 >= 0.9 and median detection delay <= 5 readings on
 the new fleet, better than both baselines.
 """
@@ -35,7 +35,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks.common import RESULTS, result_path, write_results
+from benchmarks.common import result_path, results_dir, write_results
 
 FEATURES = ["temp", "rpm", "vib"]
 
@@ -82,7 +82,7 @@ def run(quick: bool = False, progress: bool = True, keep_reports: bool = True, s
                 "detectors": summ["detectors"],
             }
             if keep_reports:
-                dest = RESULTS / "quality-reports" / rep.name
+                dest = results_dir() / "quality-reports" / rep.name
                 shutil.rmtree(dest, ignore_errors=True)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copytree(rep, dest, ignore=shutil.ignore_patterns("scores.parquet"))
@@ -187,6 +187,9 @@ def report(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
+    from benchmarks.common import add_results_option
+
+    add_results_option(p)
     p.add_argument("--quick", action="store_true", help="smaller fleets (a few minutes)")
     p.add_argument("--seeds", default="1,2,3", help="training fleet, new fleet, same-fleet-later seeds (default 1,2,3)")
     p.add_argument("--no-baselines", action="store_true", help="slotwatch only (faster; no comparison)")
