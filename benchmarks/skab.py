@@ -324,8 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     from worker.logs import setup_logging
     from worker.tf_threads import apply_tf_threads
 
+    from benchmarks.common import add_results_option
+
     p = argparse.ArgumentParser(prog="python -m benchmarks.skab", description=__doc__.split("\n\n")[0])
     add_arguments(p)
+    add_results_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     setup_logging(level="INFO")
