@@ -48,13 +48,7 @@ from worker.core.episodes import EpisodeParams, EpisodeTracker
 from worker.core.limits import FLOAT32_MAX, SCALED_LIMIT, sensor_id_problem, ts_problem, values_problem
 from worker.core.readings import TS_MAX_MS, TS_MIN_MS, Reading, Rejection, Score
 from worker.core.router import SlotRouter
-from worker.core.scorer import (
-    ScorerParams,
-    feature_errors,
-    normal_quantile,
-    reading_error,
-    score_step,
-)
+from worker.core.scorer import ScorerParams, feature_errors, reading_error
 from worker.state.table import NO_TS, StateTable
 
 _MIN_STD_FRACTION = 1e-3  # an online-learned std never drops below this share of the fleet's
@@ -122,9 +116,6 @@ class SlotDetector:
         self._level_on = self.adapt.level_scale > 0 and self.adapt.level_window > 0
         # stuck sensors: stillness against the sensor's own history, on when the artifact asks for a flatline check
         self._flat_on = int(cal.flat_window) > 0 and self.adapt.flat_min_run > 0
-        self.flat_window = 0  # the older ring statistic (scorer.stillness) is replaced by adaptive.movement_step
-        self.flat_limit = float(cal.flat_limit)
-        self._z_threshold = normal_quantile(self.params.threshold)
         self.scaling = m.scaling
         self._global_mean = np.asarray(m.scaling.mean, dtype=np.float64)
         self._global_std = np.asarray(m.scaling.std, dtype=np.float64)
