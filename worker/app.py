@@ -71,6 +71,7 @@ class Worker:
         from worker.codec import ReadingCodec
         from worker.core import artifact as art
         from worker.core.detector import SlotDetector
+        from worker.core.silence import tracker_from
         from worker.metrics import Metrics
 
         self.settings = s = settings
@@ -87,7 +88,9 @@ class Worker:
             threshold=s.model.threshold,
             warmup=s.model.warmup,
             recent=s.model.recent_readings,
+            silence=tracker_from(s.silence, mf.training),
         )
+        self._stall: dict[int, list] = {}  # partition -> [stream time (or offset) seen, monotonic since, warned]
         self.codec = ReadingCodec(self.features, s.kafka.max_message_bytes)
         self.topic = s.kafka.readings_topic
         self.store = CheckpointStore(s.checkpoint.dir, self.topic, s.checkpoint.generations, on_fallback=self._on_fallback)
@@ -188,6 +191,7 @@ class Worker:
                 self._handle(batch)
             self._maybe_checkpoint()
             self._maybe_probe()
+            self._watch_streams()
         if self._fatal is not None:
             log.error("%s", self._fatal)
             code = EXIT_CHECKPOINT
@@ -278,6 +282,7 @@ class Worker:
             observe_many(m.latency, np.maximum(0.0, now - np.asarray(ts_scored, dtype=np.float64) / 1000.0))
         for rej, raw in rejects:
             self._dead_letter(rej, raw)
+        self._publish_silence()
         self._update_core_metrics()
         if len(self.outbox) > 20_000:
             self._prune_outbox()
@@ -320,6 +325,49 @@ class Worker:
         m.anomalies.inc(anom)
         m.slots_in_use.set(len(det.router))
         m.sensors_known.set(det.table.n_rows)
+
+    # ------------------------------------------------------------------ silent sensors (issue 16)
+    def _publish_silence(self) -> None:
+        """Silent-sensor episodes of the last batch to the anomalies topic; their metrics."""
+        sil = self.detector.silence
+        if sil is None:
+            return
+        from worker.codec import encode_silence
+
+        m = self.metrics
+        events = sil.drain()
+        topic = self.settings.kafka.anomalies_topic
+        for ev in events:
+            self._send(topic, ev.sensor_id.encode("utf-8"), encode_silence(ev, self.model_version), None, "episode")
+            m.silence_episodes.labels(ev.event).inc()
+            log.debug("sensor %s", "silent" if ev.event == "open" else f"back ({ev.close_reason})",
+                      extra={"sensor_id": ev.sensor_id, "partition": ev.partition})
+        if events:
+            n_open = sum(ev.event == "open" for ev in events)
+            log.info("silent sensors: %d went silent, %d came back; %d silent now", n_open, len(events) - n_open,
+                     sil.silent_count)
+        m.silent_sensors.set(sil.silent_count)
+        forgotten = sil.stats.forgotten - getattr(self, "_forgotten_seen", 0)
+        if forgotten:
+            m.silence_forgotten.inc(forgotten)
+            self._forgotten_seen = sil.stats.forgotten
+
+    def _watch_streams(self) -> None:
+        """Wall-clock watchdog: seconds since each owned partition's stream time advanced (a stopped producer)."""
+        sil = self.detector.silence
+        now = time.monotonic()
+        limit = self.settings.silence.watchdog_s
+        for p in self.restored:
+            mark = sil.stream.get(p) if sil is not None else self.applied.get(p)  # offsets when the tracker is off
+            st = self._stall.get(p)
+            if st is None or st[0] != mark:
+                self._stall[p] = st = [mark, now, False]
+            stalled = now - st[1]
+            self.metrics.stream_stall.labels(str(p)).set(stalled)
+            if stalled > limit and not st[2]:
+                st[2] = True
+                log.warning("partition %d: stream time has not advanced for %.0f s (a stopped producer?)", p, stalled,
+                            extra={"partition": p})
 
     # ------------------------------------------------------------------ output
     def _send(self, topic: str, key, value: bytes, headers, kind: str) -> None:
@@ -430,7 +478,8 @@ class Worker:
             if self.checkpointed.get(p) != nxt:
                 cols = self.detector.export_partition(p)  # a copy: the state may move on while it is written
                 cks.append(Checkpoint(p, nxt, self.model_version, cols,
-                                      meta={"topic": self.topic, "client_id": self.settings.kafka.client_id}))
+                                      meta={"topic": self.topic, "client_id": self.settings.kafka.client_id,
+                                            **self.detector.silence_meta(p)}))
                 written[p] = nxt
             if self.committed.get(p) != nxt:
                 offsets[TopicPartition(self.topic, p)] = OffsetAndMetadata(nxt, f"slotwatch {self.model_version}", -1)
@@ -575,6 +624,7 @@ class Worker:
                         f"({e}); was SLOTWATCH_MODEL__RECENT_READINGS changed? Restore the old settings, or move the "
                         "checkpoint folder away to start fresh.")
                     return
+                self.detector.restore_silence(p, ck.meta)
                 self.applied[p] = ck.next_offset - 1
                 self.checkpointed[p] = ck.next_offset
                 self.consumer.seek(tp, ck.next_offset)
@@ -610,7 +660,8 @@ class Worker:
             self.applied.pop(p, None)
             self.checkpointed.pop(p, None)
             self.committed.pop(p, None)
-            for gauge in (self.metrics.lag, self.metrics.committed_offset):
+            self._stall.pop(p, None)
+            for gauge in (self.metrics.lag, self.metrics.committed_offset, self.metrics.stream_stall):
                 try:
                     gauge.remove(str(p))
                 except KeyError:

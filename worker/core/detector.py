@@ -72,6 +72,7 @@ class SlotDetector:
         warmup: int | None = None,
         recent: int = 16,
         jit_compile: bool = True,
+        silence=None,
     ) -> None:
         m = artifact.manifest
         m.validate()
@@ -105,6 +106,9 @@ class SlotDetector:
         self._tick_log: list[tuple[float, int]] = []  # (seconds, readings) per tick, see drain_ticks
         self._x = np.zeros((slots, 1, f), np.float32)
         self._mask = np.zeros(slots, bool)
+        self.silence = silence  # worker.core.silence.SilenceTracker, or None (off)
+        self._seq_rows: np.ndarray | None = None  # per input position of a batch: row applied (-1: not), time
+        self._seq_ts: np.ndarray | None = None
 
     @property
     def threshold(self) -> float:
@@ -114,6 +118,9 @@ class SlotDetector:
     def process(self, readings: Sequence[Reading]) -> list[Score | Rejection]:
         """Score readings; the result is aligned with the input (a Score or a Rejection each)."""
         out: list[Score | Rejection | None] = [None] * len(readings)
+        if self.silence is not None:
+            self._seq_rows = np.full(len(readings), -1, np.int64)
+            self._seq_ts = np.zeros(len(readings), np.int64)
         table = self.table
         last_ts = table.cols["last_ts"]
         groups: dict[str, list[int]] = {}
@@ -151,6 +158,8 @@ class SlotDetector:
                 self._tick(chunk, [groups[s][rnd] for s in chunk], readings, out)
             rnd += 1
             order = [s for s in order if len(groups[s]) > rnd]
+        if self.silence is not None and readings:
+            self.silence.observe(table, self._seq_rows, self._seq_ts)
         return out  # type: ignore[return-value]
 
     def drain_ticks(self) -> list[tuple[float, int]]:
@@ -225,6 +234,9 @@ class SlotDetector:
         x = np.array([r.values for r in batch], dtype=np.float64)
         if x.shape != (n, self.n_features):
             raise ValueError(f"readings have values of shape {x.shape[1:]}, the model takes ({self.n_features},)")
+        if self._seq_rows is not None:  # for the silence tracker: what was applied where
+            self._seq_rows[idx] = rows
+            self._seq_ts[idx] = ts
 
         # sequence boundaries: explicit reset, or a gap longer than max_gap
         count = c["count"][rows]
@@ -377,8 +389,19 @@ class SlotDetector:
             c["slot"][prow] = pslot
         return len(ids)
 
+    def silence_meta(self, partition: int) -> dict:
+        """Checkpoint meta of the silence tracker for ``partition`` ({} when it is off)."""
+        return {} if self.silence is None else {"silence": self.silence.export_meta(partition)}
+
+    def restore_silence(self, partition: int, meta: dict | None) -> None:
+        """After :meth:`import_partition`: rebuild the partition's silence state from its checkpoint."""
+        if self.silence is not None:
+            self.silence.restore(self.table, partition, (meta or {}).get("silence"))
+
     def drop_partition(self, partition: int) -> int:
         """Forget every sensor of a partition (it moved to another worker)."""
+        if self.silence is not None:
+            self.silence.drop_partition(partition)
         rows = self.table.rows_of_partition(partition)
         for r in rows:
             sid = self.table.ids[r]
