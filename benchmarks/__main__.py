@@ -7,6 +7,7 @@ Suites (each also runs alone as ``python -m benchmarks.<suite>``):
 * ``state``    checkpoint write/restore, memory per sensor, paging
 * ``training`` ``slotwatch train`` on 1,000,000 readings
 * ``quality``  detection quality vs. two baselines (when the training package provides it)
+* ``silence``  silent sensors: what the check costs at 100k sensors, how soon it reports
 
 Writes ``benchmarks/results/<machine>-<date>.json`` (every suite, the machine, versions and
 settings), ``<machine>-<date>.md`` (the summary) and ``<machine>-<date>.png`` (a chart).
@@ -22,7 +23,7 @@ import traceback
 
 from benchmarks.common import RESULTS, machine, machine_tag
 
-SUITES = ["engine", "e2e", "state", "training", "quality"]
+SUITES = ["engine", "e2e", "state", "training", "quality", "silence"]
 
 
 def _run_suite(name: str, quick: bool) -> tuple[dict | None, str]:

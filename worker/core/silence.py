@@ -147,7 +147,7 @@ class SilenceTracker:
     def _due(self, stream_ts: np.ndarray, n: np.ndarray, lg: np.ndarray, dev: np.ndarray) -> np.ndarray:
         """Deadlines (ms of stream time) of sensors last seen at ``stream_ts``; NEVER_TS while unknown."""
         limit_s = np.maximum(self.floor_s, self.multiple * np.exp(lg + self.spread_weight * dev))
-        limit_ms = np.minimum(np.ceil(limit_s * 1000.0), 1e15).astype(np.int64)
+        limit_ms = np.minimum(np.ceil(limit_s * 1000.0 - 1e-6), 1e15).astype(np.int64)  # exp(log(x)) may be x + 1 ulp
         return np.where((n >= self.min_intervals) & (stream_ts != NO_TS), stream_ts + limit_ms, NEVER_TS)
 
     @property
