@@ -116,3 +116,82 @@ def test_silence_episodes_equal_replay_across_a_restart_and_a_stalled_partition_
     other = str(1 - p0)
     assert m2[str(p0)] < m[str(p0)] and m2[other] > m[other], (m, m2)
     assert w.stop() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_kill_9_replays_the_same_silence_episodes(kafka_broker, artifact_1f, tmp_path):
+    """The worker as a subprocess, SIGKILLed three times while silences open and close: every
+    episode of the uninterrupted replay is published, nothing else, duplicates byte-identical."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    from tests.broker import FAST_GROUP
+    from tests.test_worker_crash import _scrape
+    from worker.kafka.embedded import free_port
+
+    rng = random.Random(16)
+    n, steps, parts = 100, 150, 2
+    stops = {f"s{i}": (15 + 10 * k, 15 + 10 * k + (30 if k % 2 else 1000)) for k, i in enumerate(range(5, 95, 9))}
+    data = sine_fleet(n, steps, 1, seed=3)
+    rows = [(f"s{i}", T0 + t * STEP_MS, float(data[i, t, 0])) for t in range(steps) for i in range(n)
+            if not stops.get(f"s{i}", (steps, steps))[0] <= t < stops.get(f"s{i}", (steps, steps))[1]]
+    topics = kafka_broker.topics("silkill", partitions=parts)
+    kafka_broker.produce(topics["readings"], _msgs(rows), lambda key: kafka_partition(key.decode(), parts))
+
+    a1 = art.load(artifact_1f)
+    s = worker_settings(kafka_broker, topics, artifact_1f, tmp_path / "ck")
+    df = pd.DataFrame({"sensor_id": [r[0] for r in rows], "ts_ms": [r[1] for r in rows], "temp": [r[2] for r in rows]})
+    events: list = []
+    det = SlotDetector(a1, slots=64, silence=tracker_from(s.silence, a1.manifest.training))
+    replay_frame(det, df, ["temp"], chunk=500, episodes=events, partitions=parts)
+    want = {encode_silence(e, a1.version) for e in events}
+    assert sum(e.event == "open" for e in events) == len(stops) and sum(e.event == "close" for e in events) == 5
+
+    port = free_port()
+    env = dict(
+        os.environ,
+        SLOTWATCH_KAFKA__BOOTSTRAP_SERVERS=kafka_broker.bootstrap,
+        SLOTWATCH_KAFKA__READINGS_TOPIC=topics["readings"], SLOTWATCH_KAFKA__SCORES_TOPIC=topics["scores"],
+        SLOTWATCH_KAFKA__ANOMALIES_TOPIC=topics["anomalies"], SLOTWATCH_KAFKA__DEAD_LETTER_TOPIC=topics["dead"],
+        SLOTWATCH_KAFKA__GROUP_ID=f"silkill-{topics['readings']}", SLOTWATCH_KAFKA__MAX_POLL_RECORDS="300",
+        SLOTWATCH_KAFKA__POLL_TIMEOUT_MS="100",
+        SLOTWATCH_KAFKA__SESSION_TIMEOUT_MS=str(FAST_GROUP["session_timeout_ms"]),
+        SLOTWATCH_KAFKA__HEARTBEAT_INTERVAL_MS=str(FAST_GROUP["heartbeat_interval_ms"]),
+        SLOTWATCH_KAFKA__MAX_POLL_INTERVAL_MS=str(FAST_GROUP["max_poll_interval_ms"]),
+        SLOTWATCH_MODEL__PATH=str(artifact_1f), SLOTWATCH_MODEL__SLOTS="64",
+        SLOTWATCH_CHECKPOINT__DIR=str(tmp_path / "ck"), SLOTWATCH_CHECKPOINT__INTERVAL_READINGS="1200",
+        SLOTWATCH_CHECKPOINT__INTERVAL_S="0.5", SLOTWATCH_METRICS__HOST="127.0.0.1", SLOTWATCH_METRICS__PORT=str(port),
+    )
+    log = open(tmp_path / "worker.log", "ab")
+
+    def start():
+        return subprocess.Popen([sys.executable, "-m", "worker.cli", "run"], env=env, stdout=log, stderr=log)
+
+    for target in sorted(rng.sample(range(1500, len(rows) - 3000), 3)):
+        p = start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            m = _scrape(port)
+            if sum(v for k, v in m.items() if k.startswith("slotwatch_committed_offset{")) >= target or p.poll() is not None:
+                break
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
+        assert p.poll() is None, f"worker exited early; see {tmp_path / 'worker.log'}"
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    p = start()
+    deadline = time.monotonic() + 180
+    while True:
+        m = _scrape(port)
+        if sum(v for k, v in m.items() if k.startswith("slotwatch_committed_offset{")) >= len(rows):
+            break
+        assert p.poll() is None and time.monotonic() < deadline, f"the last worker did not finish; see {tmp_path / 'worker.log'}"
+        time.sleep(0.3)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(30) == 0
+    got = _episodes(kafka_broker, topics["anomalies"], expect=None)
+    assert set(got) == want, f"missing {len(want - set(got))}, unexpected {len(set(got) - want)}"
