@@ -202,7 +202,7 @@ def test_an_evicted_silent_sensor_stays_silent_and_its_return_closes_the_episode
     sil = det.silence
     # what the sensor cap does with idle sensors: forget their rows (the tracker keeps a record)
     rows = np.array([det.table.index["s1"]])
-    sil.evicted(det.table, rows)
+    det.silence_evicted(rows)
     for sid in ("s1",):
         det.router.release(sid)
     det.table.remove_rows(rows)

@@ -398,6 +398,12 @@ class SlotDetector:
         if self.silence is not None:
             self.silence.restore(self.table, partition, (meta or {}).get("silence"))
 
+    def silence_evicted(self, rows: np.ndarray) -> None:
+        """Call before dropping rows of sensors for good (a sensor cap's eviction): the silence
+        tracker keeps their last-seen records, so a silent one stays known as silent."""
+        if self.silence is not None:
+            self.silence.evicted(self.table, rows)
+
     def drop_partition(self, partition: int) -> int:
         """Forget every sensor of a partition (it moved to another worker)."""
         if self.silence is not None:
