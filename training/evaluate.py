@@ -122,6 +122,7 @@ def evaluate(model_path, data_path, report_dir, *, baselines_train=None, baselin
     from training.metrics import frame_scores
     from worker.core import artifact as art
     from worker.datafile import load_readings, write_table
+    from worker.fmt import fmt_threshold
 
     report = Path(report_dir)
     report.mkdir(parents=True, exist_ok=True)
@@ -170,7 +171,7 @@ def evaluate(model_path, data_path, report_dir, *, baselines_train=None, baselin
     }
     (report / "summary.json").write_text(json.dumps(summary, indent=2))
     md = [f"# Evaluation of {a.version}", "", f"Data: `{data_path}` — {summary['readings']} readings of "
-          f"{summary['sensors']} sensors, {summ['windows']} labeled anomaly windows. Threshold {det.threshold:.6g}.",
+          f"{summary['sensors']} sensors, {summ['windows']} labeled anomaly windows. Threshold {fmt_threshold(det.threshold)}.",
           "", table_md(results), "", "## Recall by anomaly kind (median delay in readings)", "", kinds_md(results), "",
           "## Sensors", ""]
     md += [f"![{p.stem}]({p.name})" for p in pics]
@@ -179,15 +180,17 @@ def evaluate(model_path, data_path, report_dir, *, baselines_train=None, baselin
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from worker.argtypes import non_negative_int, positive_int
+
     p.add_argument("--model", required=True, type=Path, help="artifact directory (or a folder with a `latest` pointer)")
     p.add_argument("--data", required=True, type=Path, help="labeled readings (CSV/Parquet with a label column)")
     p.add_argument("--report", required=True, type=Path, help="folder for summary.json, report.md, scores and PNGs")
     p.add_argument("--baselines", type=Path, default=None, metavar="TRAIN_FILE",
                    help="also fit the rolling z-score and LSTM autoencoder baselines on TRAIN_FILE and evaluate them")
-    p.add_argument("--slots", type=int, default=None, help="batch slots B (default: SLOTWATCH_MODEL__SLOTS)")
+    p.add_argument("--slots", type=positive_int, default=None, help="batch slots B (default: SLOTWATCH_MODEL__SLOTS)")
     p.add_argument("--threshold", type=float, default=None, help="override the artifact's threshold")
-    p.add_argument("--plots", type=int, default=6, help="sensors to draw (default 6; 0 = none)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--plots", type=non_negative_int, default=6, help="sensors to draw (default 6; 0 = none)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none either when stderr is not a terminal)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -195,6 +198,7 @@ def main(args: argparse.Namespace) -> int:
     from worker.datafile import DataFileError
     from worker.logs import setup_logging
     from worker.settings import Settings
+    from worker.progress import want_progress
     from worker.tf_threads import apply_tf_threads
 
     settings = Settings.load()
@@ -203,8 +207,13 @@ def main(args: argparse.Namespace) -> int:
     apply_tf_threads()
     try:
         s = evaluate(args.model, args.data, args.report, baselines_train=args.baselines, slots=args.slots or settings.model.slots,
-                     plots=args.plots, progress=not args.no_progress, threshold=args.threshold, settings=settings)
-    except (ArtifactError, DataFileError, ValueError) as e:
+                     plots=args.plots, progress=want_progress(not args.no_progress), threshold=args.threshold, settings=settings)
+    except ArtifactError as e:
+        from worker.exits import model_error
+
+        log.error("%s", model_error(e, "--model"))
+        return 2
+    except (DataFileError, ValueError) as e:
         log.error("%s", e)
         return 2
     log.info("report: %s", Path(args.report) / "report.md")

@@ -287,8 +287,32 @@ def messages(df: pd.DataFrame, features: Sequence[str]) -> Iterator[tuple[str, d
         yield str(ids[i]), {"sensor_id": str(ids[i]), "ts": format_ts(t), "values": dict(zip(feats, vals[i].tolist()))}, t
 
 
-def produce(df: pd.DataFrame, features: Sequence[str], settings, topic: str | None = None, progress: bool = True) -> int:
-    """Send the frame to the readings topic (key: sensor id; record time: the reading's ts)."""
+def live_ts(sensor_id: str, now_ms: int, last: dict[str, int]) -> int:
+    """The time stamp of a reading sent live: the wall clock, but always after the sensor's
+    previous one (a fast producer sends many readings per millisecond).
+
+    >>> last = {}
+    >>> live_ts("a", 1000, last), live_ts("a", 1000, last), live_ts("b", 1000, last), live_ts("a", 1005, last)
+    (1000, 1001, 1000, 1005)
+    """
+    ts = max(now_ms, last.get(sensor_id, now_ms - 1) + 1)
+    last[sensor_id] = ts
+    return ts
+
+
+def produce(df: pd.DataFrame, features: Sequence[str], settings, topic: str | None = None, progress: bool = True,
+            live: bool = False) -> int:
+    """Send the frame to the readings topic (key: sensor id; record time: the reading's ts).
+
+    ``live`` (what ``slotwatch simulate --to-kafka`` does unless ``--keep-timestamps``):
+    every reading is stamped with the time it is sent (:func:`live_ts`), as a real fleet
+    streaming now would, so that the worker's event-time lag means something; otherwise the
+    simulated 15-minute time stamps (which lie in the past) are sent.  Files are never
+    re-stamped: ``--out`` stays a pure function of the seed.
+    """
+    import time
+
+    from worker.core.readings import format_ts
     from worker.kafka.clients import make_producer
 
     producer = make_producer(settings.kafka, linger_ms=20, key_serializer=lambda k: k.encode(),
@@ -301,7 +325,11 @@ def produce(df: pd.DataFrame, features: Sequence[str], settings, topic: str | No
 
         bar = tqdm(total=len(df), unit="msg", desc=f"-> {topic}")
     try:
+        last: dict[str, int] = {}
         for key, value, ts in messages(df, features):
+            if live:
+                ts = live_ts(key, int(time.time() * 1000), last)
+                value["ts"] = format_ts(ts)
             producer.send(topic, key=key, value=value, timestamp_ms=ts)
             n += 1
             if bar and n % 1000 == 0:
@@ -338,6 +366,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="write a .csv/.parquet file (label and anomaly_kind included)")
     p.add_argument("--to-kafka", action="store_true", help="send the readings to the readings topic (SLOTWATCH_KAFKA__*)")
     p.add_argument("--topic", default=None, help="topic for --to-kafka (default SLOTWATCH_KAFKA__READINGS_TOPIC)")
+    p.add_argument("--keep-timestamps", action="store_true",
+                   help="with --to-kafka: send the simulated time stamps (15 min apart, in the past) instead of stamping "
+                        "each reading with the time it is sent")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (none either when stderr is not a terminal)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -364,6 +396,18 @@ def main(args: argparse.Namespace) -> int:
         write_table(df, args.out)
         log.info("wrote %s", args.out)
     if args.to_kafka:
-        n = produce(df, feats, settings, args.topic)
-        log.info("sent %d readings to %s", n, args.topic or settings.kafka.readings_topic)
+        from worker.exits import EXIT_BROKER, describe_broker_error, is_broker_error
+        from worker.progress import want_progress
+
+        topic = args.topic or settings.kafka.readings_topic
+        try:
+            n = produce(df, feats, settings, topic, progress=want_progress(not args.no_progress),
+                        live=not args.keep_timestamps)
+        except Exception as e:  # noqa: BLE001 - NoBrokersAvailable, KafkaTimeoutError: one line, exit 5
+            if not is_broker_error(e):
+                raise
+            log.error("%s", describe_broker_error(e, settings.kafka.bootstrap_servers, f"send the readings to {topic}"))
+            return EXIT_BROKER
+        log.info("sent %d readings to %s (%s)", n, topic,
+                 "simulated time stamps" if args.keep_timestamps else "stamped with the time they were sent")
     return 0

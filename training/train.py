@@ -64,6 +64,7 @@ class TrainConfig:
     min_readings: int = 8
     unsorted: str = "sort"
     progress: bool = True
+    strict: bool = False  # a failed check (false-alarm rate above target) leaves `latest` where it was, exit 6
 
 
 @dataclass
@@ -428,6 +429,14 @@ def train(fleet: Fleet, cfg: TrainConfig, out_dir: Path, data_name: str, sources
         "fit_seconds": round(res.seconds, 2),
         **cal_metrics,
     }
+    from training.checks import false_alarm_warning
+
+    far_warning = false_alarm_warning(cal_metrics["val_false_alarm_rate"], cfg.false_alarm_rate)
+    metrics["warnings"] = [far_warning] if far_warning else []
+    if far_warning:
+        log.warning("%s: this model flags more normal readings than asked for%s", far_warning,
+                    " (--strict: `latest` stays where it was)" if cfg.strict else
+                    "; it becomes `latest` all the same (--strict refuses that)")
     manifest = art.Manifest(
         model_version=version,
         features=fleet.features,
@@ -451,16 +460,26 @@ def train(fleet: Fleet, cfg: TrainConfig, out_dir: Path, data_name: str, sources
         metrics=metrics,
         created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
-    path = art.save(Path(out_dir) / version, res.net, manifest)
+    refused = bool(cfg.strict and far_warning)
+    path = art.save(Path(out_dir) / version, res.net, manifest, set_latest=not refused)
     try:
         from training.report import write_training_report
 
         write_training_report(path / "report", manifest, fleet, arrays)
     except Exception as e:  # noqa: BLE001 - a failed plot must not lose a trained model
         log.warning("could not write the training report: %s", e)
-    log.info("saved %s (val_loss %.4f, threshold %.8g, val false alarms %.2e); %s/latest points to it",
-             path, metrics["val_loss"], calib.threshold, metrics["val_false_alarm_rate"], out_dir)
+    from worker.fmt import fmt_threshold
+
+    log.info("saved %s (val_loss %.4f, threshold %s, val false alarms %.2e, target %.2e); %s", path, metrics["val_loss"],
+             fmt_threshold(calib.threshold), metrics["val_false_alarm_rate"], cfg.false_alarm_rate,
+             f"{out_dir}/latest not moved" if refused else f"{out_dir}/latest points to it")
+    if refused:
+        raise CheckFailed(f"--strict: {far_warning}; the artifact is at {path} but {out_dir}/latest was not moved")
     return path
+
+
+class CheckFailed(TrainingError):
+    """``--strict``: the model was saved but misses a check, so ``latest`` was not moved (exit 6)."""
 
 
 def parse_time(text: str | None) -> int | None:
@@ -500,7 +519,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refuse-unsorted", action="store_true", help="refuse readings out of time order instead of sorting them (with a warning)")
     p.add_argument("--name", default=None, help="data name in the version (default: the first file's stem, or the topic)")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (same data + seed = same model)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--strict", action="store_true",
+                   help="if the validation false-alarm rate is above --false-alarm-rate, save the artifact but do not "
+                        "move OUT/latest, and exit 6 (default: move it and warn)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none either when stderr is not a terminal)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -510,10 +532,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise TrainingError(f"--units must be comma-separated whole numbers, got {args.units!r}") from None
     if not units or any(u < 1 for u in units):
         raise TrainingError(f"--units must be positive, got {args.units!r}")
-    return TrainConfig(units=units, mode=args.mode, epochs=args.epochs, patience=args.patience, seq_len=args.seq_len,
+    from training.checks import check_config
+    from worker.progress import want_progress
+
+    cfg = TrainConfig(units=units, mode=args.mode, epochs=args.epochs, patience=args.patience, seq_len=args.seq_len,
                        batch=args.batch, learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
                        warmup=args.warmup, jitter=args.jitter, flat_window=args.flat_window, false_alarm_rate=args.false_alarm_rate, min_readings=args.min_readings,
-                       unsorted="refuse" if args.refuse_unsorted else "sort", progress=not args.no_progress)
+                       unsorted="refuse" if args.refuse_unsorted else "sort", progress=want_progress(not args.no_progress),
+                       strict=getattr(args, "strict", False))
+    check_config(cfg)
+    return cfg
 
 
 def main(args: argparse.Namespace) -> int:
@@ -540,7 +568,10 @@ def main(args: argparse.Namespace) -> int:
             try:
                 df = load_kafka(settings, features, parse_time(args.since), parse_time(args.until), args.topic, progress=cfg.progress)
             except KafkaError as e:
-                raise TrainingError(f"cannot read the readings topic from {settings.kafka.bootstrap_servers}: {e!r}") from None
+                from worker.exits import EXIT_BROKER, describe_broker_error
+
+                log.error("%s", describe_broker_error(e, settings.kafka.bootstrap_servers, "read the readings topic"))
+                return EXIT_BROKER
             name = args.name or f"topic-{args.topic or settings.kafka.readings_topic}"
             sources = [f"kafka:{args.topic or settings.kafka.readings_topic}[{args.since or ''}..{args.until or ''})"]
         else:
@@ -552,6 +583,11 @@ def main(args: argparse.Namespace) -> int:
         apply_tf_threads()
         fleet = prepare_fleet(df, features, val_fraction=cfg.val_fraction, min_readings=cfg.min_readings, unsorted=cfg.unsorted)
         train(fleet, cfg, args.out, name, sources)
+    except CheckFailed as e:
+        log.error("%s", e)
+        from worker.exits import EXIT_CHECK_FAILED
+
+        return EXIT_CHECK_FAILED
     except (TrainingError, ArtifactError, argparse.ArgumentTypeError) as e:
         log.error("%s", e)
         return 2

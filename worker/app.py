@@ -168,8 +168,10 @@ class Worker:
                     return self._close(EXIT_OK)
                 backoff = min(backoff * 2, 30.0)
         self.consumer.subscribe([self.topic], listener=_Listener(self))
-        log.info("worker started: model %s, %d slots, reading %s as group %s", self.model_version,
-                 self.detector.slots, self.topic, s.kafka.group_id)
+        from worker.fmt import fmt_threshold
+
+        log.info("worker started: model %s (threshold %s), %d slots, reading %s as group %s", self.model_version,
+                 fmt_threshold(self.detector.threshold), self.detector.slots, self.topic, s.kafka.group_id)
         code = EXIT_OK
         poll_ms = s.kafka.poll_timeout_ms
         backoff = s.kafka.retry_backoff_ms / 1000
@@ -232,6 +234,7 @@ class Worker:
         from worker.metrics import observe_many
 
         m = self.metrics
+        arrived = time.time()  # the poll just returned: processing latency starts here
         readings, origin = [], []
         rejects = []  # (Rejection, raw bytes)
         n_consumed = 0
@@ -279,7 +282,10 @@ class Worker:
                 rejects.append((r, raw))
         m.scored.inc(n_scored)
         if ts_scored:
-            observe_many(m.latency, np.maximum(0.0, now - np.asarray(ts_scored, dtype=np.float64) / 1000.0))
+            lag = np.maximum(0.0, now - np.asarray(ts_scored, dtype=np.float64) / 1000.0)
+            observe_many(m.event_lag, lag)
+            observe_many(m.latency, lag)  # deprecated name of the same
+            observe_many(m.processing, np.full(len(ts_scored), max(0.0, now - arrived)))
         for rej, raw in rejects:
             self._dead_letter(rej, raw)
         self._publish_silence()
@@ -696,8 +702,10 @@ def _Listener(worker: Worker):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=None, help="artifact directory (overrides SLOTWATCH_MODEL__PATH)")
     p.add_argument("--bootstrap", default=None, help="host:port[,...] (overrides SLOTWATCH_KAFKA__BOOTSTRAP_SERVERS)")
-    p.add_argument("--create-topics", type=int, default=0, metavar="PARTITIONS",
-                   help="create missing topics with this many partitions before starting (0: don't)")
+    from worker.argtypes import non_negative_int
+
+    p.add_argument("--create-topics", type=non_negative_int, default=0, metavar="PARTITIONS",
+                   help="create missing topics with this many partitions before starting (0: don't); waits up to SLOTWATCH_KAFKA__REQUEST_TIMEOUT_MS for the brokers, else exit 5")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -708,8 +716,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         settings = Settings.load()
     except Exception as e:  # noqa: BLE001 - pydantic ValidationError: say which setting
-        logging.basicConfig()
-        log.error("bad settings: %s", e)
+        from worker.exits import describe_settings_error
+
+        setup_logging()
+        log.error("%s", describe_settings_error(e))
         return EXIT_CONFIG
     if args.model is not None:
         settings.model.path = args.model
@@ -728,14 +738,23 @@ def main(args: argparse.Namespace) -> int:
     if args.create_topics:
         from worker.kafka.clients import ensure_topics
 
+        from worker.exits import EXIT_BROKER, describe_broker_error
+
         k = settings.kafka
-        made = ensure_topics(k, {t: args.create_topics for t in (k.readings_topic, k.scores_topic, k.anomalies_topic, k.dead_letter_topic)})
+        try:
+            made = ensure_topics(k, {t: args.create_topics for t in (k.readings_topic, k.scores_topic, k.anomalies_topic, k.dead_letter_topic)},
+                                 timeout_s=k.request_timeout_ms / 1000)
+        except Exception as e:  # noqa: BLE001 - NoBrokersAvailable, KafkaTimeoutError, ...: one line, exit 5
+            log.error("%s", describe_broker_error(e, k.bootstrap_servers, f"create the topics (--create-topics {args.create_topics})"))
+            return EXIT_BROKER
         if made:
             log.info("created topics %s", made)
     try:
         worker = Worker(settings)
     except ArtifactError as e:
-        log.error("%s", e)
+        from worker.exits import model_error
+
+        log.error("%s", model_error(e, "--model" if args.model is not None else None))
         return EXIT_CONFIG
 
     def _stop(signum, _frame):

@@ -58,7 +58,7 @@ def _cli(*args: str, log_to: Path | None = None, env: dict | None = None) -> Non
         raise SystemExit(f"`slotwatch {' '.join(args)}` failed with exit code {res.returncode}")
 
 
-def ensure_model(workdir: Path, retrain: bool, epochs: int) -> Path:
+def ensure_model(workdir: Path, retrain: bool, epochs: int, progress: bool = True) -> Path:
     from worker.core import artifact as art
 
     models = workdir / "models"
@@ -70,9 +70,10 @@ def ensure_model(workdir: Path, retrain: bool, epochs: int) -> Path:
     data = workdir / "data" / "train.parquet"
     data.parent.mkdir(parents=True, exist_ok=True)
     print(f"No model in {models} yet: simulating {TRAIN_SENSORS} sensors and training a small one (a few minutes).", flush=True)
+    quiet = [] if progress else ["--no-progress"]  # --plain: no progress bars from the children either
     _cli("simulate", "--sensors", str(TRAIN_SENSORS), "--steps", str(TRAIN_STEPS), "--features", FEATURES,
-         "--seed", "1", "--out", str(data))
-    _cli("train", "--data", str(data), "--out", str(models), "--epochs", str(epochs), "--name", "demo")
+         "--seed", "1", "--out", str(data), *quiet)
+    _cli("train", "--data", str(data), "--out", str(models), "--epochs", str(epochs), "--name", "demo", *quiet)
     return art.resolve(models)
 
 
@@ -187,7 +188,7 @@ def main(args: argparse.Namespace) -> int:
     broker = worker = streamer = tail = None
     code = 0
     try:
-        model_dir = ensure_model(workdir, args.retrain, args.epochs)
+        model_dir = ensure_model(workdir, args.retrain, args.epochs, progress=not plain)
         from worker.core import artifact as art
 
         features = art.load(model_dir).manifest.features

@@ -57,3 +57,5 @@ def setup_logging(settings=None, *, level: str | None = None, fmt: str | None = 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for noisy in ("kafka", "tensorflow", "absl", "h5py", "matplotlib"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    if level != "DEBUG":  # kafka-python logs every refused connection at ERROR; slotwatch says it once, itself
+        logging.getLogger("kafka.net").setLevel(logging.CRITICAL)

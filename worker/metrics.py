@@ -20,6 +20,8 @@ TICK_BUCKETS = (5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7.5e-4, 1e-3, 1.5e-3, 2e-3, 3e-3, 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 CHECKPOINT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 FILL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+# event-time lag also covers backlogs and replays: minutes to a day
+LAG_BUCKETS = LATENCY_BUCKETS + (120.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0)
 
 
 class Metrics:
@@ -74,14 +76,27 @@ class Metrics:
             "slotwatch_committed_offset", "Last offset committed to Kafka, per input partition.", ["partition"], registry=r
         )
         self.lag = Gauge("slotwatch_consumer_lag", "Readings behind the partition end, per input partition.", ["partition"], registry=r)
-        self.latency = Histogram(
-            "slotwatch_end_to_end_latency_seconds", "From the reading's timestamp to its score.", buckets=LATENCY_BUCKETS, registry=r
+        self.latency = Histogram(  # deprecated (issue 13): kept for existing dashboards; same as event_lag
+            "slotwatch_end_to_end_latency_seconds",
+            "Deprecated, use slotwatch_event_time_lag_seconds (the same: from the reading's time stamp to its score).",
+            buckets=LATENCY_BUCKETS, registry=r,
         )
         self.model = Info("slotwatch_model", "The model artifact in use.", registry=r)
         self.ready = Gauge("slotwatch_ready", "1 when /readyz answers ready.", registry=r)
         self.broker_up = Gauge("slotwatch_broker_up", "1 when the last broker call succeeded.", registry=r)
         self.start_time = Gauge("slotwatch_start_time_seconds", "Unix time the worker started.", registry=r)
         self.start_time.set(time.time())
+        # issue 13 (latency split): how old a reading is when scored, and how long the worker took with it
+        self.event_lag = Histogram(
+            "slotwatch_event_time_lag_seconds",
+            "From the reading's own time stamp (ts) to its score: the sender's clock and delays, Kafka, any backlog, the worker.",
+            buckets=LAG_BUCKETS, registry=r,
+        )
+        self.processing = Histogram(
+            "slotwatch_processing_latency_seconds",
+            "From the poll that returned the reading to its score (decoding, the core's ticks); the worker's own share.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
         # silent sensors (issue 16): by kind, never per sensor; the stall gauge per partition (few)
         self.published.labels("episode")
         self.silent_sensors = Gauge(

@@ -25,16 +25,18 @@ log = logging.getLogger("slotwatch.replay")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from worker.argtypes import non_negative_int, positive_int
+
     p.add_argument("--model", required=True, type=Path, help="artifact directory (or a folder with a `latest` pointer)")
     p.add_argument("--data", required=True, type=Path, help="input file: sensor_id, ts, feature columns[, label]")
     p.add_argument("--out", required=True, type=Path, help="output .csv or .parquet")
-    p.add_argument("--slots", type=int, default=None, help="batch slots B (default: SLOTWATCH_MODEL__SLOTS, 256)")
-    p.add_argument("--chunk", type=int, default=2000, help="readings per call, like one Kafka poll (default 2000)")
+    p.add_argument("--slots", type=positive_int, default=None, help="batch slots B (default: SLOTWATCH_MODEL__SLOTS, 256)")
+    p.add_argument("--chunk", type=positive_int, default=2000, help="readings per call, like one Kafka poll (default 2000)")
     p.add_argument("--threshold", type=float, default=None, help="override the artifact's threshold")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (none either when stderr is not a terminal)")
     p.add_argument("--episodes", type=Path, default=None,
                    help="write the silent-sensor episode messages here (JSON lines, as published by the worker)")
-    p.add_argument("--partitions", type=int, default=0, metavar="N",
+    p.add_argument("--partitions", type=non_negative_int, default=0, metavar="N",
                    help="stream time per partition, as the worker sees the readings topic with N partitions "
                         "(Kafka's default partitioner on the sensor id); 0: one stream (default)")
 
@@ -137,7 +139,12 @@ def main(args: argparse.Namespace) -> int:
     try:
         a = art.load(args.model)
         df, features = load_readings(args.data, a.manifest.features)
-    except (art.ArtifactError, DataFileError) as e:
+    except art.ArtifactError as e:
+        from worker.exits import model_error
+
+        log.error("%s", model_error(e, "--model"))
+        return 2
+    except DataFileError as e:
         log.error("%s", e)
         return 2
     slots = args.slots or settings.model.slots
@@ -151,8 +158,10 @@ def main(args: argparse.Namespace) -> int:
         recent=settings.model.recent_readings,
         silence=tracker_from(settings.silence, a.manifest.training),
     )
+    from worker.progress import want_progress
+
     events: list = []
-    out = replay_frame(det, df, features, chunk=args.chunk, progress=not args.no_progress, episodes=events,
+    out = replay_frame(det, df, features, chunk=args.chunk, progress=want_progress(not args.no_progress), episodes=events,
                        partitions=args.partitions)
     write_table(out, args.out)
     if args.episodes is not None:

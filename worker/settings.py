@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -103,8 +103,48 @@ class ModelSettings(BaseModel):
     warmup: int | None = Field(None, ge=0, description="Override the artifact's warm-up length (readings).")
     recent_readings: int = Field(16, ge=1, description="Readings kept per sensor in state and checkpoints.")
     features: list[str] | None = Field(
-        None, description="Expected feature names; the worker refuses an artifact with others."
+        None,
+        description="Expected feature names, comma-separated (`temp,rpm`) or a JSON list (`[\"temp\",\"rpm\"]`); "
+        "the worker refuses an artifact with others.",
     )
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _features_list(cls, v):
+        """``temp,rpm`` (what ``--features`` takes) as well as the JSON form ``["temp","rpm"]``.
+
+        >>> ModelSettings(features="temp, rpm").features
+        ['temp', 'rpm']
+        >>> ModelSettings(features='["temp","rpm"]').features
+        ['temp', 'rpm']
+        >>> ModelSettings(features="").features is None
+        True
+        """
+        return parse_name_list(v)
+
+
+def parse_name_list(v):
+    """A list of names from a comma-separated string or a JSON list (other values unchanged).
+
+    pydantic-settings decodes a JSON list itself for a top-level field, but hands a nested
+    field's value over as the raw string: both forms arrive here.
+
+    >>> parse_name_list("a,b"), parse_name_list(' ["a", "b"] '), parse_name_list(["a"]), parse_name_list("  ")
+    (['a', 'b'], ['a', 'b'], ['a'], None)
+    """
+    if not isinstance(v, str):
+        return v
+    text = v.strip()
+    if not text:
+        return None
+    if text.startswith("["):
+        import json
+
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not a JSON list ({e.msg}); give names separated by commas, e.g. temp,rpm") from None
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 class CheckpointSettings(BaseModel):
