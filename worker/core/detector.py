@@ -235,8 +235,9 @@ class SlotDetector:
         if x.shape != (n, self.n_features):
             raise ValueError(f"readings have values of shape {x.shape[1:]}, the model takes ({self.n_features},)")
         if self._seq_rows is not None:  # for the silence tracker: what was applied where
-            self._seq_rows[idx] = rows
-            self._seq_ts[idx] = ts
+            pos = np.fromiter(idx, np.int64, n)
+            self._seq_rows[pos] = rows
+            self._seq_ts[pos] = ts
 
         # sequence boundaries: explicit reset, or a gap longer than max_gap
         count = c["count"][rows]
