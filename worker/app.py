@@ -331,6 +331,8 @@ class Worker:
         m.anomalies.inc(anom)
         m.slots_in_use.set(len(det.router))
         m.sensors_known.set(det.table.n_rows)
+        if det.silence is not None:  # also after a restore or a revocation
+            m.silent_sensors.set(det.silence.silent_count)
 
     # ------------------------------------------------------------------ silent sensors (issue 16)
     def _publish_silence(self) -> None:
@@ -352,7 +354,6 @@ class Worker:
             n_open = sum(ev.event == "open" for ev in events)
             log.info("silent sensors: %d went silent, %d came back; %d silent now", n_open, len(events) - n_open,
                      sil.silent_count)
-        m.silent_sensors.set(sil.silent_count)
         forgotten = sil.stats.forgotten - getattr(self, "_forgotten_seen", 0)
         if forgotten:
             m.silence_forgotten.inc(forgotten)
