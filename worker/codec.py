@@ -152,7 +152,7 @@ def dead_letter_headers(rej: Rejection, source_topic: str) -> list[tuple[str, by
 
 def silence_dict(ev, model_version: str) -> dict:
     """The episode message of a silent sensor (anomalies topic, key: the sensor id), in the
-    shared episode schema with ``kind`` "silent" (see the README, "Episodes").
+    shared episode schema with ``kind`` "silent" (README, "Message formats").
 
     ``ev`` is a :class:`worker.core.silence.SilenceEvent`.  A silent episode has no score:
     ``open`` carries the typical interval it was held to; ``close`` the duration and an
