@@ -214,8 +214,12 @@ def test_multivariate_reading_is_one_step(artifact_3f):
     out = det.process(readings_for(data, ["m0", "m1"]))
     assert len(out) == 60 and det.stats.ticks == 30
     assert all(r.expected.shape == (3,) for r in out)
-    with pytest.raises(ValueError, match="the model takes 3"):
-        det.process([Reading("m0", 10**9, np.array([1.0, 2.0]))])
+    # a value-count mismatch is a rejection (issue 10), not an exception, and changes nothing
+    before = det.table.export_rows(np.arange(det.table.n_rows))
+    bad = det.process([Reading("m0", 10**9, np.array([1.0, 2.0]))])[0]
+    assert isinstance(bad, Rejection) and bad.reason == "missing_feature" and "the model takes (3,)" in bad.detail
+    after = det.table.export_rows(np.arange(det.table.n_rows))
+    assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
 # ----------------------------------------------------------------------------- artifact contract

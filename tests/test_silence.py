@@ -260,3 +260,21 @@ def test_simulator_silent_kind_drops_the_readings_and_windows_say_where():
         assert row.length == (row.end_ts - row.start_ts) // step + 1
     # the default kinds are unchanged (silent only when asked for): same frames as before
     assert "silent" not in set(simulate(4, 1200, ["temp"], seed=3)["anomaly_kind"])
+
+
+def test_the_sensor_cap_evicts_a_silent_sensor_it_stays_silent_and_is_counted(art1):
+    """The real cap (issue 10): a new sensor beyond max_sensors evicts an idle one; the evicted
+    silent sensor stays silent (gauge), and its return closes the episode it opened."""
+    det = SlotDetector(art1, slots=8, max_gap_ms=20 * MIN, max_sensors=6, silence=tracker())
+    rs = fleet_readings(6, 45, stop={"s1": (10, 45), "s5": (20, 45)})
+    ev = run(det, rs, chunk=6)
+    assert [(e.event, e.sensor_id) for e in ev] == [("open", "s1"), ("open", "s5")]
+    # a new sensor: the table is full, s1 is idle longer than max_gap: it is evicted
+    ev = run(det, [Reading("n0", 45 * MIN, np.array([0.0]))] + fleet_readings(6, 46, stop={"s1": (0, 99), "s5": (0, 99)})[-4:], 5)
+    assert det.stats.evicted_idle == 1 and "s1" not in det.table.index
+    assert det.silence.silent_count == 2 and ev == []
+    # s1 comes back: s5 (idle) makes room; s1's episode closes with its original start
+    ev = run(det, [Reading(s, 46 * MIN, np.array([0.0])) for s in ("s0", "s2", "s3", "s4", "n0", "s1")], 6)
+    assert det.stats.evicted_idle == 2 and "s5" not in det.table.index
+    assert [(e.event, e.sensor_id, e.close_reason, e.start_ts_ms) for e in ev] == [("close", "s1", "returned", 9 * MIN)]
+    assert det.silence.silent_count == 1  # s5, evicted while silent

@@ -98,7 +98,7 @@ def _bad_messages() -> list[tuple[bytes | None, bytes, str]]:
 def test_bad_input_goes_to_dead_letter_and_worker_carries_on(kafka_broker, art1, artifact_1f, tmp_path, caplog):
     from prometheus_client.parser import text_string_to_metric_families
 
-    caplog.set_level("WARNING", logger="slotwatch.worker")
+    caplog.set_level("DEBUG", logger="slotwatch.worker")
 
     data, ids = _fleet(n=4, steps=30, spike=False)
     topics = kafka_broker.topics("dlq", partitions=1)
@@ -143,9 +143,13 @@ def test_bad_input_goes_to_dead_letter_and_worker_carries_on(kafka_broker, art1,
         assert int(h["source_partition"]) == 0
         assert int(h["source_offset"]) == first_bad + bad.index((key, value, reason))
         assert h["detail"]
-    # every log line about a rejected reading names its partition and offset (and sensor when known)
+    # every rejected reading has a DEBUG line naming its partition and offset (and sensor when known) ...
     about = [r for r in caplog.records if r.name == "slotwatch.worker" and getattr(r, "reason", None)]
-    assert len(about) == len(bad)
+    assert len(about) == len(bad) and all(r.levelname == "DEBUG" for r in about)
+    # ... and WARNING only as rate-limited summaries (counts by reason, one example each), all of them counted
+    summaries = [r for r in caplog.records if r.name == "slotwatch.worker" and getattr(r, "rejected", None)]
+    assert 1 <= len(summaries) < len(bad) and all(r.levelname == "WARNING" for r in summaries)
+    assert sum(sum(r.rejected.values()) for r in summaries) == len(bad)
     assert all(r.partition == 0 and r.offset >= first_bad and hasattr(r, "sensor_id") for r in about)
     assert {r.sensor_id for r in about if r.reason == "late"} == {"s0"}
     # the worker carried on: every good reading after the bad ones was scored

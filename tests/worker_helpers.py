@@ -124,3 +124,48 @@ def final_states(ckpt_dir: Path, topic: str) -> dict:
         for k, sid in enumerate(cols["sensor_id"]):
             out[str(sid)] = (cols["state"][k], int(cols["count"][k]), int(cols["total"][k]))
     return out
+
+
+def scrape_labeled(port: int) -> dict[str, float]:
+    """Sample ``name{k=v,...}`` -> value from a worker's /metrics (empty when it is not up)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            lab = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{lab}}}" if lab else s.name] = s.value
+    return out
+
+
+def worker_env(broker, topics: dict, model_path: Path, ckpt: Path, port: int, **extra: str) -> dict:
+    """Environment of a worker subprocess (``python -m worker.cli run``) for a test."""
+    import os
+
+    env = dict(
+        os.environ,
+        SLOTWATCH_KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap,
+        SLOTWATCH_KAFKA__READINGS_TOPIC=topics["readings"],
+        SLOTWATCH_KAFKA__SCORES_TOPIC=topics["scores"],
+        SLOTWATCH_KAFKA__ANOMALIES_TOPIC=topics["anomalies"],
+        SLOTWATCH_KAFKA__DEAD_LETTER_TOPIC=topics["dead"],
+        SLOTWATCH_KAFKA__PUBLISH_SCORES="true",
+        SLOTWATCH_KAFKA__GROUP_ID=f"g-{topics['readings']}",
+        SLOTWATCH_KAFKA__POLL_TIMEOUT_MS="100",
+        SLOTWATCH_KAFKA__SESSION_TIMEOUT_MS=str(FAST_GROUP["session_timeout_ms"]),
+        SLOTWATCH_KAFKA__HEARTBEAT_INTERVAL_MS=str(FAST_GROUP["heartbeat_interval_ms"]),
+        SLOTWATCH_KAFKA__MAX_POLL_INTERVAL_MS=str(FAST_GROUP["max_poll_interval_ms"]),
+        SLOTWATCH_MODEL__PATH=str(model_path),
+        SLOTWATCH_CHECKPOINT__DIR=str(ckpt),
+        SLOTWATCH_METRICS__HOST="127.0.0.1",
+        SLOTWATCH_METRICS__PORT=str(port),
+        SLOTWATCH_SHUTDOWN_GRACE_S="20",
+    )
+    env.update(extra)
+    return env

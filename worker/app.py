@@ -89,14 +89,29 @@ class Worker:
             warmup=s.model.warmup,
             recent=s.model.recent_readings,
             silence=tracker_from(s.silence, mf.training),
+            max_sensors=s.limits.max_sensors,
+            max_sensor_id_bytes=s.limits.max_sensor_id_bytes,
         )
         self._stall: dict[int, list] = {}  # partition -> [stream time (or offset) seen, monotonic since, warned]
-        self.codec = ReadingCodec(self.features, s.kafka.max_message_bytes)
+        self.codec = ReadingCodec(self.features, s.kafka.max_message_bytes, max_sensor_id_bytes=s.limits.max_sensor_id_bytes,
+                                  max_future_s=s.limits.max_future_s)
         self.topic = s.kafka.readings_topic
         self.store = CheckpointStore(s.checkpoint.dir, self.topic, s.checkpoint.generations, on_fallback=self._on_fallback)
         m.model.info({"model_version": self.model_version, "features": ",".join(self.features),
                       "units": ",".join(map(str, mf.units)), "path": str(self.artifact.path)})
         m.slots_capacity.set(self.detector.slots)
+        m.sensors_capacity.set(s.limits.max_sensors)
+        from worker.rejectlog import RejectionLog
+
+        self.rejection_log = RejectionLog(log, s.limits.rejection_log_interval_s)
+        # recovery from an unexpected error in the core (see _rewind): per partition, the first offset
+        # read since it was restored without a checkpoint, offsets whose reading made the core fail, and
+        # offset ranges to process one reading at a time until passed
+        self._origin: dict[int, int] = {}
+        self._poison: dict[tuple[int, int], str] = {}
+        self._suspect: dict[int, tuple[int, int]] = {}
+        self._evicted_seen = 0
+        self._lost: set[int] = set()  # partitions being dropped as lost: never commit their offsets
         self.health = None
         self.consumer = None
         self.producer = None
@@ -207,6 +222,7 @@ class Worker:
                 log.info("final checkpoint written and committed", extra={"partitions": sorted(self.restored)})
             else:
                 log.error("final checkpoint not written (output not acknowledged); a restart replays from the previous one")
+        self.rejection_log.flush()
         self._closing = True
         if self._writer is not None:
             self._writer.shutdown(wait=True)
@@ -229,7 +245,6 @@ class Worker:
     def _handle(self, batch) -> None:
         import numpy as np
 
-        from worker.codec import encode_score
         from worker.core.readings import Rejection, Score
         from worker.metrics import observe_many
 
@@ -244,42 +259,48 @@ class Worker:
             if tp.topic != self.topic or p not in self.restored:
                 continue  # not ours (any more): not consumed, the next owner reads it
             last = self.applied.get(p, -1)
+            if records and p not in self.checkpointed:
+                self._origin.setdefault(p, records[0].offset)  # where a rewind without a checkpoint starts
             for rec in records:
                 n_consumed += 1
                 if rec.offset <= last:
                     n_skipped += 1
                     continue
                 last = rec.offset
-                r = self.codec.decode(rec.value, p, rec.offset)
+                why = self._poison.get((p, rec.offset)) if self._poison else None
+                if why is not None:  # made the core fail before: dead letter, not applied
+                    rejects.append((Rejection("internal_error", why, None, p, rec.offset), rec.value))
+                    continue
+                try:
+                    r = self.codec.decode(rec.value, p, rec.offset)
+                except Exception as e:  # noqa: BLE001 - a codec bug must not stop the worker; no state touched
+                    log.exception("decoding partition %d offset %d failed", p, rec.offset)
+                    r = Rejection("internal_error", _describe(e), None, p, rec.offset)
                 if isinstance(r, Rejection):
                     rejects.append((r, rec.value))
                 else:
                     readings.append(r)
                     origin.append(rec.value)
             self.applied[p] = last
-        if n_skipped:
-            m.skipped.inc(n_skipped)
-            log.info("skipped %d readings already applied (replay after a restart)", n_skipped)
-        results = self.detector.process(readings) if readings else []
-        now = time.time()
-        kafka = self.settings.kafka
+        try:
+            results, outputs = self._score(readings)
+        except _CoreFailure as f:  # state may be half-updated: reload it (the poll is read again)
+            self._rewind(f)
+            return
+        for topic, key, value, kind in outputs:
+            self._send(topic, key, value, None, kind)
         n_scored = 0
         ts_scored = []
         for r, raw in zip(results, origin):
             if isinstance(r, Score):
                 n_scored += 1
                 ts_scored.append(r.ts_ms)
-                if r.is_anomaly or kafka.publish_scores:
-                    value = encode_score(r, self.features, self.model_version)
-                    key = r.sensor_id.encode("utf-8")
-                    if kafka.publish_scores:
-                        self._send(kafka.scores_topic, key, value, None, "score")
-                    if r.is_anomaly:
-                        self._send(kafka.anomalies_topic, key, value, None, "anomaly")
-                        log.debug("anomaly: score %.6f", r.score,
-                                 extra={"sensor_id": r.sensor_id, "partition": r.partition, "offset": r.offset})
             else:
                 rejects.append((r, raw))
+        if n_skipped:
+            m.skipped.inc(n_skipped)
+            log.info("skipped %d readings already applied (replay after a restart)", n_skipped)
+        now = time.time()
         m.scored.inc(n_scored)
         if ts_scored:
             lag = np.maximum(0.0, now - np.asarray(ts_scored, dtype=np.float64) / 1000.0)
@@ -289,25 +310,131 @@ class Worker:
         for rej, raw in rejects:
             self._dead_letter(rej, raw)
         self._publish_silence()
+        self.rejection_log.flush_due()
         self._update_core_metrics()
         if len(self.outbox) > 20_000:
             self._prune_outbox()
+        if self._suspect:
+            self._suspect = {p: r for p, r in self._suspect.items() if self.applied.get(p, -1) < r[1]}
         m.consumed.inc(n_consumed)  # last, so that a scrape never sees consumed > scored + rejected + skipped
         self.since_checkpoint += n_consumed
+
+    def _score(self, readings) -> tuple[list, list]:
+        """The core's results for ``readings`` and the outputs to send, or :class:`_CoreFailure`.
+
+        Readings inside a suspect range (a poll that made the core fail, being replayed)
+        go through the core one at a time, so a failure names its reading.
+        """
+        det = self.detector
+        if not readings:
+            return [], []
+        if not self._suspect:
+            try:
+                results = det.process(readings)
+                return results, self._outputs(results)
+            except Exception as e:  # noqa: BLE001
+                raise _CoreFailure(e, readings) from e
+        results, batch = [], []
+        for r in readings:
+            lo, hi = self._suspect.get(r.partition, (0, -1))
+            if lo <= r.offset <= hi:
+                if batch:
+                    try:
+                        results += det.process(batch)
+                    except Exception as e:  # noqa: BLE001
+                        raise _CoreFailure(e, batch) from e
+                    batch = []
+                try:
+                    one = det.process([r])
+                    self._outputs(one)
+                except Exception as e:  # noqa: BLE001
+                    raise _CoreFailure(e, [r], single=True) from e
+                results += one
+            else:
+                batch.append(r)
+        try:
+            if batch:
+                results += det.process(batch)
+            return results, self._outputs(results)
+        except Exception as e:  # noqa: BLE001
+            raise _CoreFailure(e, readings) from e
+
+    def _outputs(self, results) -> list[tuple]:
+        """(topic, key, value, kind) of every score to publish; encoding errors surface here, before any send."""
+        from worker.codec import encode_score
+        from worker.core.readings import Score
+
+        kafka = self.settings.kafka
+        out = []
+        for r in results:
+            if isinstance(r, Score) and (r.is_anomaly or kafka.publish_scores):
+                value = encode_score(r, self.features, self.model_version)
+                key = r.sensor_id.encode("utf-8")
+                if kafka.publish_scores:
+                    out.append((kafka.scores_topic, key, value, "score"))
+                if r.is_anomaly:
+                    out.append((kafka.anomalies_topic, key, value, "anomaly"))
+                    log.debug("anomaly: score %.6f", r.score,
+                              extra={"sensor_id": r.sensor_id, "partition": r.partition, "offset": r.offset})
+        return out
+
+    def _rewind(self, failure: "_CoreFailure") -> None:
+        """Recover from an unexpected error in the core without losing or double-applying anything.
+
+        The failed call may have changed some sensors' state, so the whole state is reloaded
+        from the newest checkpoints (the in-flight one included) and every partition is sought
+        back to where they start; the readings since then are applied again, which yields the
+        state of before the failure (effectively-once, as after a kill -9).  The failed poll's
+        offsets are then replayed one reading at a time; a reading that fails alone is marked
+        poison (rewind again) and goes to the dead-letter topic as ``internal_error`` with the
+        exception's class and message.  Nothing of the failed poll was counted or sent.
+        """
+        from kafka import TopicPartition
+
+        e = failure.error
+        self.metrics.rewinds.inc()
+        if failure.single:
+            r = failure.readings[0]
+            self._poison[(r.partition, r.offset)] = _describe(e)
+            log.error("reading at partition %d offset %d made the core fail (%s); it goes to the dead-letter topic "
+                      "(internal_error) and the state is reloaded", r.partition, r.offset, _describe(e),
+                      exc_info=e, extra={"partition": r.partition, "offset": r.offset, "sensor_id": r.sensor_id})
+        else:
+            for r in failure.readings:
+                lo, hi = self._suspect.get(r.partition, (r.offset, r.offset))
+                self._suspect[r.partition] = (min(lo, r.offset), max(hi, r.offset))
+            log.error("the core failed on a poll of %d readings (%s); reloading the state from the checkpoints and "
+                      "replaying that poll one reading at a time", len(failure.readings), _describe(e), exc_info=e)
+        self._reap_checkpoint(wait=True)
+        parts = sorted(self.restored)
+        self.detector.clear()
+        self.restored.clear()
+        self.applied.clear()
+        self.checkpointed.clear()
+        self._stats = self._stats_snapshot()
+        try:
+            self.on_assigned([TopicPartition(self.topic, p) for p in parts])
+        except Exception as e2:  # noqa: BLE001 - cannot reload: stop (exit 3); a restart replays from the checkpoints
+            log.exception("reloading the checkpoints after a core failure failed")
+            self._fatal = FatalCheckpointError(f"reloading the checkpoints after a core failure failed: {e2}")
+            return
+        for p in parts:
+            if p not in self.checkpointed and p in self._origin and p in self.restored:
+                self.consumer.seek(TopicPartition(self.topic, p), self._origin[p])
+                self.applied[p] = self._origin[p] - 1
 
     def _dead_letter(self, rej, raw: bytes | None) -> None:
         from worker.codec import dead_letter_headers
 
         self.metrics.rejected.labels(rej.reason).inc()
-        key = rej.sensor_id.encode("utf-8") if rej.sensor_id else None
+        key = rej.sensor_id.encode("utf-8", "replace") if rej.sensor_id else None
         value = raw if raw is not None else b""
         headers = dead_letter_headers(rej, self.topic)
         if len(value) > DEAD_LETTER_MAX_BYTES:  # would exceed the producer's request size: keep the head
             headers.append(("truncated_from", str(len(value)).encode()))
             value = value[:DEAD_LETTER_MAX_BYTES]
         self._send(self.settings.kafka.dead_letter_topic, key, value, headers, "dead_letter")
-        log.warning("rejected reading (%s): %s", rej.reason, rej.detail,
-                    extra={"sensor_id": rej.sensor_id, "partition": rej.partition, "offset": rej.offset, "reason": rej.reason})
+        self.rejection_log.add(rej)  # DEBUG per reading, a WARNING summary per interval
 
     def _stats_snapshot(self) -> tuple:
         st = self.detector.stats
@@ -331,6 +458,13 @@ class Worker:
         m.anomalies.inc(anom)
         m.slots_in_use.set(len(det.router))
         m.sensors_known.set(det.table.n_rows)
+        ev = det.stats.evicted_idle - self._evicted_seen  # issue 10: sensors evicted to stay under max_sensors
+        if ev > 0:
+            self._evicted_seen += ev
+            m.evicted.labels("idle").inc(ev)
+            gone = det.drain_evicted()
+            log.info("evicted %d idle sensors to stay within %d (e.g. %s)", ev, det.max_sensors,
+                     gone[0][0] if gone else "?", extra={"evicted": ev})
         if det.silence is not None:  # also after a restore or a revocation
             m.silent_sensors.set(det.silence.silent_count)
 
@@ -471,7 +605,8 @@ class Worker:
 
         from worker.checkpointing.format import Checkpoint
 
-        self._reap_checkpoint(wait=True, sync_commit=sync_commit)
+        self._reap_checkpoint(wait=True, sync_commit=sync_commit,
+                              timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
         if not self._deliver(deadline):
             return False
         t0 = time.perf_counter()
@@ -502,7 +637,7 @@ class Worker:
             return True
         try:
             total, write_s = self._write_checkpoints(cks)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - OSError, or anything else: same handling
             self._checkpoint_failed(e)
             return False
         self._checkpoint_done(total, export_s + write_s, offsets, written, sync_commit, foreground=True)
@@ -513,8 +648,15 @@ class Worker:
         total = sum(self.store.save(ck)[1] for ck in cks)
         return total, time.perf_counter() - t0
 
-    def _reap_checkpoint(self, wait: bool = False, sync_commit: bool = True) -> None:
-        """Finish a background round whose files are written: record it and commit its offsets."""
+    def _reap_checkpoint(self, wait: bool = False, sync_commit: bool = True, timeout: float | None = None) -> None:
+        """Finish a background round whose files are written: record it and commit its offsets.
+
+        With ``timeout`` (seconds) a round that is not durable by then is given up: cancelled
+        if it has not started, otherwise left to finish unrecorded (its offsets are never
+        committed; the files it writes are consistent and merely older than the next round's).
+        """
+        from concurrent.futures import TimeoutError as FutureTimeout
+
         if self._pending is None:
             return
         fut, offsets, written, export_s = self._pending
@@ -522,13 +664,17 @@ class Worker:
             return
         self._pending = None
         try:
-            total, write_s = fut.result()
-        except OSError as e:
+            total, write_s = fut.result(timeout=timeout)
+        except FutureTimeout:
+            fut.cancel()
+            self._checkpoint_failed(TimeoutError(f"background checkpoint not durable within {timeout:.1f} s"))
+            return
+        except Exception as e:  # noqa: BLE001 - OSError, or anything else: same handling
             self._checkpoint_failed(e)
             return
         self._checkpoint_done(total, export_s + write_s, offsets, written, sync_commit, foreground=False)
 
-    def _checkpoint_failed(self, e: OSError) -> None:
+    def _checkpoint_failed(self, e: BaseException) -> None:
         self.metrics.checkpoint_failures.inc()
         log.error("checkpoint failed: %s (offsets not committed; retried next round)", e)
 
@@ -548,6 +694,10 @@ class Worker:
 
     def _commit(self, offsets, sync: bool) -> None:
         m = self.metrics
+        owned = self.restored - self._lost  # only partitions still ours, whenever the round was taken
+        offsets = {tp: om for tp, om in offsets.items() if tp.partition in owned}
+        if not offsets:
+            return
         try:
             if sync:
                 self.consumer.commit(offsets)
@@ -651,12 +801,18 @@ class Worker:
         parts = sorted(tp.partition for tp in tps if tp.topic == self.topic and tp.partition in self.restored)
         if not parts:
             return
+        budget = self.settings.kafka.session_timeout_ms / 1000 * self.settings.limits.revoke_budget_fraction
         if lost:
             log.warning("partitions %s lost (evicted from the group); dropping their state unsaved, the next owner "
                         "replays from the last checkpoint", parts)
-        else:
+            self._lost.update(parts)  # an in-flight round may finish: its offsets for these are not committed
             try:
-                ok = self._checkpoint(parts, deadline=time.monotonic() + 10.0, sync_commit=False)
+                self._reap_checkpoint(wait=True, sync_commit=False, timeout=budget)
+            finally:
+                self._lost.difference_update(parts)
+        else:
+            try:  # inside kafka-python's rebalance callback: stay well inside the session timeout
+                ok = self._checkpoint(parts, deadline=time.monotonic() + budget, sync_commit=False)
             except Exception:  # noqa: BLE001 - the partitions are dropped below in any case
                 log.exception("checkpoint of revoked partitions %s failed", parts)
                 ok = False
@@ -664,6 +820,9 @@ class Worker:
         for p in parts:
             self.detector.drop_partition(p)
             self.restored.discard(p)
+            self._origin.pop(p, None)
+            self._suspect.pop(p, None)
+            self._poison = {k: v for k, v in self._poison.items() if k[0] != p}
             self.applied.pop(p, None)
             self.checkpointed.pop(p, None)
             self.committed.pop(p, None)
@@ -675,6 +834,22 @@ class Worker:
                     pass
         self._update_core_metrics()
         self._ready_checks()
+
+
+class _CoreFailure(Exception):
+    """The core (or encoding its results) raised on ``readings``; ``single``: on that one reading alone."""
+
+    def __init__(self, error: BaseException, readings, single: bool = False) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.readings = list(readings)
+        self.single = single and len(self.readings) == 1
+
+
+def _describe(e: BaseException) -> str:
+    """``"ExceptionClass: message"`` for the dead letter's ``detail`` header."""
+    text = str(e)
+    return f"{type(e).__name__}: {text[:500]}" if text else type(e).__name__
 
 
 def _Listener(worker: Worker):

@@ -25,20 +25,41 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from collections.abc import Callable
 
 import numpy as np
 
+from worker.core.limits import FLOAT32_MAX, sensor_id_problem, ts_problem
 from worker.core.readings import BadTimestamp, Reading, Rejection, Score, format_ts, parse_ts
 
 _NUMBER = (int, float)
 
 
 class ReadingCodec:
-    """Decode readings for a model with ``features`` (in artifact order)."""
+    """Decode readings for a model with ``features`` (in artifact order).
 
-    def __init__(self, features: list[str], max_bytes: int = 65536) -> None:
+    Bounds (see :mod:`worker.core.limits`): the sensor id is at most ``max_sensor_id_bytes``
+    of valid UTF-8; ``ts`` lies between 1970 and ``clock()`` + ``max_future_s`` (no upper
+    bound but 9999 when ``max_future_s`` is None); feature values are finite and within
+    float32 range.
+
+    >>> c = ReadingCodec(["temp"], max_future_s=60, clock=lambda: 1000.0)
+    >>> c.decode(b'{"sensor_id": "p1", "ts": 1061000, "value": 1}').reason
+    'bad_timestamp'
+    >>> c.decode(b'{"sensor_id": "p1", "ts": 1000, "value": 1e39}').reason
+    'non_finite'
+    >>> c.decode(b'{"sensor_id": "\\ud800", "ts": 1000, "value": 1}').reason
+    'bad_sensor_id'
+    """
+
+    def __init__(self, features: list[str], max_bytes: int = 65536, *, max_sensor_id_bytes: int = 256,
+                 max_future_s: float | None = None, clock: Callable[[], float] = time.time) -> None:
         self.features = list(features)
         self.max_bytes = int(max_bytes)
+        self.max_sensor_id_bytes = int(max_sensor_id_bytes)
+        self.max_future_ms = None if max_future_s is None else int(max_future_s * 1000)
+        self.clock = clock
 
     def decode(self, raw: bytes | None, partition: int = -1, offset: int = -1) -> Reading | Rejection:
         def reject(reason: str, detail: str, sid: str | None = None) -> Rejection:
@@ -52,7 +73,7 @@ class ReadingCodec:
             obj = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
             return reject("not_json", f"not UTF-8: {e.reason} at byte {e.start}")
-        except (json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, or an integer of more than 4300 digits
             return reject("not_json", f"not JSON: {e}")
         if not isinstance(obj, dict):
             return reject("not_object", f"JSON {type(obj).__name__}, expected an object")
@@ -60,12 +81,19 @@ class ReadingCodec:
         if not isinstance(sid, str) or not sid.strip():
             shown = "missing" if sid is None else f"{sid!r} is not a non-empty string"
             return reject("missing_sensor_id", f"sensor_id {shown}")
+        why = sensor_id_problem(sid, self.max_sensor_id_bytes)
+        if why is not None:
+            return reject("bad_sensor_id", why)  # no sensor id on the dead letter: it cannot be encoded
         if "ts" not in obj:
             return reject("bad_timestamp", "ts missing", sid)
         try:
             ts_ms = parse_ts(obj["ts"])
         except BadTimestamp as e:
             return reject("bad_timestamp", str(e), sid)
+        if self.max_future_ms is not None:
+            why = ts_problem(ts_ms, int(self.clock() * 1000), self.max_future_ms)
+            if why is not None:
+                return reject("bad_timestamp", why, sid)
         values = obj.get("values")
         if values is None and "value" in obj:
             if len(self.features) != 1:
@@ -86,6 +114,8 @@ class ReadingCodec:
                 return reject("non_finite", f"feature {name!r} overflows a float", sid)
             if not math.isfinite(fv):
                 return reject("non_finite", f"feature {name!r} is {v!r}", sid)
+            if abs(fv) > FLOAT32_MAX:
+                return reject("non_finite", f"feature {name!r} ({fv:.3g}) is beyond the float32 range", sid)
             out[k] = fv
         reset = obj.get("reset", False) is True
         return Reading(sid, ts_ms, out, partition=partition, offset=offset, reset=reset)
@@ -140,7 +170,7 @@ def dead_letter_headers(rej: Rejection, source_topic: str) -> list[tuple[str, by
     """
     h = [
         ("reason", rej.reason.encode()),
-        ("detail", rej.detail.encode("utf-8", "replace")[:1000]),
+        ("detail", rej.detail.encode("utf-8", "replace")[:1000]),  # "replace": a lone surrogate cannot break it
         ("source_topic", source_topic.encode()),
         ("source_partition", str(rej.partition).encode()),
         ("source_offset", str(rej.offset).encode()),

@@ -97,6 +97,17 @@ class Metrics:
             "From the poll that returned the reading to its score (decoding, the core's ticks); the worker's own share.",
             buckets=LATENCY_BUCKETS, registry=r,
         )
+        # hardening (issue 10): bounded memory and failures that must not stop the worker
+        self.evicted = Counter(
+            "slotwatch_sensors_evicted_total", "Sensors dropped from the worker's table, by reason "
+            "(idle: to make room under SLOTWATCH_LIMITS__MAX_SENSORS).", ["reason"], registry=r
+        )
+        self.evicted.labels("idle")
+        self.sensors_capacity = Gauge("slotwatch_sensors_capacity", "Most sensors the worker holds (SLOTWATCH_LIMITS__MAX_SENSORS).", registry=r)
+        self.rewinds = Counter(
+            "slotwatch_rewinds_total", "Times an unexpected error made the worker reload its checkpoints and replay "
+            "(the failing reading goes to the dead-letter topic as internal_error).", registry=r
+        )
         # silent sensors (issue 16): by kind, never per sensor; the stall gauge per partition (few)
         self.published.labels("episode")
         self.silent_sensors = Gauge(

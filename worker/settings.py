@@ -195,6 +195,30 @@ class LogSettings(BaseModel):
     format: Literal["text", "json"] = Field("text", description="json: one JSON object per line.")
 
 
+class LimitsSettings(BaseModel):
+    """Bounds that keep hostile or broken input from crashing or exhausting the worker (issue 10)."""
+
+    max_sensors: int = Field(
+        100_000, gt=0,
+        description="Sensors held per worker. A new sensor beyond it evicts sensors idle longer than "
+        "SLOTWATCH_MODEL__MAX_GAP_S first; when none is idle it is rejected (no_capacity).",
+    )
+    max_future_s: float = Field(
+        86_400.0, ge=0, description="Readings dated further than this ahead of the worker's clock are rejected (bad_timestamp)."
+    )
+    max_sensor_id_bytes: int = Field(
+        256, gt=0, description="Longest sensor id in UTF-8 bytes; longer or invalid ids are rejected (bad_sensor_id)."
+    )
+    rejection_log_interval_s: float = Field(
+        10.0, gt=0, description="Rejected readings are logged as one WARNING summary (counts by reason, one example) per interval."
+    )
+    revoke_budget_fraction: float = Field(
+        0.5, gt=0, lt=1,
+        description="On revocation, flush and checkpoint within this fraction of SLOTWATCH_KAFKA__SESSION_TIMEOUT_MS "
+        "(the rest is left to the next owner's replay).",
+    )
+
+
 def _default_secrets_dir() -> str | None:
     d = os.environ.get("SLOTWATCH_SECRETS_DIR", "/run/secrets")
     return d if os.path.isdir(d) else None
@@ -216,6 +240,7 @@ class Settings(BaseSettings):
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     silence: SilenceSettings = Field(default_factory=SilenceSettings)
     shutdown_grace_s: float = Field(20.0, gt=0, description="SIGTERM: finish, checkpoint, commit and exit within this.")
 

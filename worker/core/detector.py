@@ -9,6 +9,18 @@ A sensor's readings in one call become successive ticks.  A reading older than t
 one applied for its sensor is rejected as ``late`` rather than reordered, so the result
 never depends on how the stream was cut into batches.
 
+Validation before mutation: every check that can reject a reading (its values, time
+stamp and sensor id against :mod:`worker.core.limits`, ``wrong_partition``, ``late``,
+``no_capacity``) runs before any state changes, and a reading refused for want of a slot
+(``no_free_slot``) gets no table row; so a rejected reading leaves the detector's state
+exactly as it was.
+
+Capacity: with ``max_sensors`` the table holds at most that many sensors.  A new sensor
+that does not fit first evicts sensors idle for longer than ``max_gap_ms`` (behind the
+newest reading of their partition, held or being processed; oldest first), whose state a returning reading would
+zero anyway; when none is idle it is rejected ``no_capacity``.  Evictions are counted in
+``stats.evicted_idle`` and listed by :meth:`SlotDetector.drain_evicted`.
+
 >>> from worker.core.artifact import Artifact, Manifest, Scaling, Calibration, build_network
 >>> net = build_network(1, [8], seed=0)
 >>> scaling = Scaling([0.0], [1.0], sensors={"a": {"mean": [0.0], "std": [1.0]}})
@@ -29,7 +41,8 @@ import numpy as np
 
 from worker.core.artifact import Artifact
 from worker.core.engine import SlotEngine
-from worker.core.readings import Reading, Rejection, Score
+from worker.core.limits import FLOAT32_MAX, SCALED_LIMIT, sensor_id_problem, ts_problem, values_problem
+from worker.core.readings import TS_MAX_MS, TS_MIN_MS, Reading, Rejection, Score
 from worker.core.router import SlotRouter
 from worker.core.scorer import (
     ScorerParams,
@@ -57,6 +70,7 @@ class DetectorStats:
     resets_gap: int = 0
     resets_request: int = 0
     anomalies: int = 0
+    evicted_idle: int = 0  # sensors dropped to make room (max_sensors), idle longer than max_gap
 
 
 class SlotDetector:
@@ -73,6 +87,8 @@ class SlotDetector:
         recent: int = 16,
         jit_compile: bool = True,
         silence=None,
+        max_sensors: int | None = None,
+        max_sensor_id_bytes: int = 256,
     ) -> None:
         m = artifact.manifest
         m.validate()
@@ -82,6 +98,9 @@ class SlotDetector:
         self.n_features = f = len(self.features)
         self.slots = slots
         self.max_gap_ms = int(max_gap_ms)
+        self.max_sensors = None if max_sensors is None else int(max_sensors)
+        self.max_sensor_id_bytes = int(max_sensor_id_bytes)
+        self._evicted: list[tuple[str, int, int]] = []  # (sensor, partition, last ts) since drain_evicted
         self.params = ScorerParams(
             threshold=cal.threshold if threshold is None else float(threshold),
             warmup=cal.warmup if warmup is None else int(warmup),
@@ -116,33 +135,51 @@ class SlotDetector:
 
     # ------------------------------------------------------------------ processing
     def process(self, readings: Sequence[Reading]) -> list[Score | Rejection]:
-        """Score readings; the result is aligned with the input (a Score or a Rejection each)."""
+        """Score readings; the result is aligned with the input (a Score or a Rejection each).
+
+        Every check that can reject a reading runs here, before any state changes.
+        """
         out: list[Score | Rejection | None] = [None] * len(readings)
         if self.silence is not None:
             self._seq_rows = np.full(len(readings), -1, np.int64)
             self._seq_ts = np.zeros(len(readings), np.int64)
         table = self.table
+        index = table.index
         last_ts = table.cols["last_ts"]
+        part_col = table.cols["partition"]
         groups: dict[str, list[int]] = {}
-        pending_ts: dict[str, int] = {}
-        nf = self.n_features
+        pending: dict[str, tuple[int, int]] = {}  # sensor -> (ts, partition) of its last accepted reading here
+        new: list[str] = []  # sensors without a table row, in order of their first accepted reading
+        bad = self._invalid(readings)
         for i, r in enumerate(readings):
-            sid = r.sensor_id
-            if len(r.values) != nf:
-                raise ValueError(f"reading of {sid} has {len(r.values)} values, the model takes {nf}")
-            prev = pending_ts.get(sid)
-            if prev is None:
-                row = table.index.get(sid)
-                prev = NO_TS if row is None else int(last_ts[row])
-            if r.ts_ms < prev and not r.reset:
-                out[i] = Rejection("late", f"ts {r.ts_ms} is older than the last reading applied ({prev})", sid, r.partition, r.offset)
+            if bad and i in bad:
+                reason, detail = bad[i]
+                sid = r.sensor_id if reason not in ("bad_sensor_id", "missing_sensor_id") else None
+                out[i] = Rejection(reason, detail, sid, r.partition, r.offset)
                 continue
-            pending_ts[sid] = r.ts_ms
+            sid = r.sensor_id
+            prev = pending.get(sid)
+            if prev is None:
+                row = index.get(sid)
+                prev = (NO_TS, -1) if row is None else (int(last_ts[row]), int(part_col[row]))
+            prev_ts, own = prev
+            if own >= 0 and r.partition >= 0 and r.partition != own:
+                out[i] = Rejection("wrong_partition", f"sensor {sid!r} belongs to partition {own}, not {r.partition} "
+                                   "(key its readings by sensor id)", sid, r.partition, r.offset)
+                continue
+            if r.ts_ms < prev_ts and not r.reset:
+                out[i] = Rejection("late", f"ts {r.ts_ms} is older than the last reading applied ({prev_ts})", sid, r.partition, r.offset)
+                continue
+            pending[sid] = (r.ts_ms, own if own >= 0 else r.partition)
             g = groups.get(sid)
             if g is None:
                 groups[sid] = [i]
+                if sid not in index:
+                    new.append(sid)
             else:
                 g.append(i)
+        if new and self.max_sensors is not None:
+            self._admit(new, groups, readings, out)
 
         # rounds: the k-th reading of every sensor; each round is cut into ticks of <= B sensors
         rnd = 0
@@ -161,6 +198,98 @@ class SlotDetector:
         if self.silence is not None and readings:
             self.silence.observe(table, self._seq_rows, self._seq_ts)
         return out  # type: ignore[return-value]
+
+    def _invalid(self, readings: Sequence[Reading]) -> dict[int, tuple[str, str]]:
+        """{index: (reason, detail)} of readings whose values, time stamp or sensor id are out of bounds."""
+        bad: dict[int, tuple[str, str]] = {}
+        nf = self.n_features
+        index = self.table.index
+        ok_vals: list[int] = []
+        for i, r in enumerate(readings):
+            sid = r.sensor_id
+            if not (isinstance(sid, str) and sid in index):  # known sensors passed this check already
+                why = sensor_id_problem(sid, self.max_sensor_id_bytes)
+                if why is not None:
+                    bad[i] = ("bad_sensor_id", why)
+                    continue
+            ts = r.ts_ms
+            if not isinstance(ts, (int, np.integer)) or isinstance(ts, bool) or not (TS_MIN_MS <= ts <= TS_MAX_MS):
+                bad[i] = ("bad_timestamp", ts_problem(ts) if isinstance(ts, (int, np.integer)) else f"ts {ts!r} is not an integer")
+                continue
+            v = r.values
+            if not isinstance(v, np.ndarray) or v.shape != (nf,) or v.dtype.kind not in "fiu":
+                bad[i] = values_problem(v, nf) or ("non_numeric", "values are not a numeric array")
+                continue
+            ok_vals.append(i)
+        if ok_vals:  # one vectorised check of all values
+            vals = np.array([readings[i].values for i in ok_vals], dtype=np.float64)
+            with np.errstate(invalid="ignore"):
+                wrong = ~(np.abs(vals) <= FLOAT32_MAX).all(axis=1)  # NaN compares False
+            for k in np.nonzero(wrong)[0].tolist():
+                i = ok_vals[k]
+                bad[i] = values_problem(readings[i].values, nf) or ("non_finite", "values are not finite")
+        return bad
+
+    def _admit(self, new: list[str], groups: dict[str, list[int]], readings: Sequence[Reading], out: list) -> None:
+        """Make room for ``new`` sensors within ``max_sensors``: evict idle ones, reject the rest (``no_capacity``)."""
+        table = self.table
+        need = table.n_rows + len(new) - self.max_sensors
+        if need <= 0:
+            return
+        # the partitions' stream time includes this call's readings: a flood of new sensors that are all
+        # refused never moves the table's own times forward, yet it does make the old sensors idle
+        now: dict[int, int] = {}
+        for idx in groups.values():
+            for i in idx:
+                r = readings[i]
+                if r.ts_ms > now.get(r.partition, NO_TS):
+                    now[r.partition] = int(r.ts_ms)
+        evicted = self._evict_idle(need, exclude=groups, now=now)
+        refused = new[len(new) - (need - evicted):] if need > evicted else []
+        for sid in refused:
+            for i in groups.pop(sid):
+                r = readings[i]
+                out[i] = Rejection("no_capacity", f"the worker holds its maximum of {self.max_sensors} sensors "
+                                   "and none is idle", sid, r.partition, r.offset)
+
+    def _evict_idle(self, k: int, exclude, now: dict[int, int] | None = None) -> int:
+        """Drop up to ``k`` sensors idle longer than max_gap behind their partition's newest reading
+        (in the table, or in ``now``: partition -> newest time stamp being processed), oldest first."""
+        table = self.table
+        n = table.n_rows
+        if n == 0:
+            return 0
+        lt = table.cols["last_ts"][:n]
+        parts = table.cols["partition"][:n]
+        uniq, inv = np.unique(parts, return_inverse=True)
+        clock = np.full(len(uniq), NO_TS, np.int64)
+        np.maximum.at(clock, inv, lt)
+        if now:
+            clock = np.maximum(clock, np.array([now.get(int(u), NO_TS) for u in uniq.tolist()], np.int64))
+        with np.errstate(over="ignore"):
+            idle = (lt < clock[inv] - self.max_gap_ms) & (clock[inv] != NO_TS)
+        cand = np.nonzero(idle)[0]
+        if len(cand) and exclude:
+            cand = np.array([r for r in cand.tolist() if table.ids[r] not in exclude], dtype=np.int64)
+        if len(cand) == 0:
+            return 0
+        if len(cand) > k:
+            cand = cand[np.argpartition(lt[cand], k - 1)[:k]]
+        cand = np.sort(cand)
+        for r in cand.tolist():
+            sid = table.ids[r]
+            self.router.release(sid)
+            if len(self._evicted) < 100_000:  # bounded if nobody drains it
+                self._evicted.append((sid, int(parts[r]), int(lt[r])))
+        self.silence_evicted(cand)  # silent sensors stay known as silent (issue 16)
+        table.remove_rows(cand)
+        self.stats.evicted_idle += len(cand)
+        return len(cand)
+
+    def drain_evicted(self) -> list[tuple[str, int, int]]:
+        """(sensor id, partition, last ts ms) of every sensor evicted since the last call."""
+        ev, self._evicted = self._evicted, []
+        return ev
 
     def drain_ticks(self) -> list[tuple[float, int]]:
         """(duration in seconds, readings) of every tick since the last call (for metrics)."""
@@ -184,9 +313,7 @@ class SlotDetector:
         fresh_pos: list[int] = []
         for j, sid in enumerate(chunk):
             row = index.get(sid)
-            if row is None:
-                row = self._new_sensor(sid, readings[idx[j]].partition)
-            rows[j] = row
+            rows[j] = -1 if row is None else row  # a new sensor gets its row once it has a slot
             slot = sos.get(sid)
             if slot is None:
                 fresh_pos.append(j)
@@ -210,6 +337,8 @@ class SlotDetector:
                 if victim is not None:
                     out_rows.append(index[victim])
                     out_slots.append(slot)
+                if rows[j] < 0:
+                    rows[j] = self._new_sensor(chunk[j], readings[idx[j]].partition)
                 in_rows.append(int(rows[j]))
                 in_slots.append(slot)
         if out_rows:  # page out before the slots are overwritten
@@ -274,7 +403,7 @@ class SlotDetector:
                 c["err_var"][er] = self.params.prior_var
         mean = c["mean"][rows]
         std = c["std"][rows]
-        xs = (x - mean) / std
+        xs = np.clip((x - mean) / std, -SCALED_LIMIT, SCALED_LIMIT)  # finite in float32, and its squared error
 
         # the compiled step over all B slots
         X, M = self._x, self._mask
@@ -389,6 +518,15 @@ class SlotDetector:
             self.engine.write_state(pslot, c["state"][prow])
             c["slot"][prow] = pslot
         return len(ids)
+
+    def clear(self) -> None:
+        """Forget every sensor (all slots free, table empty); the counters in ``stats`` stay."""
+        self.engine.reset(np.arange(self.slots))
+        self.router = SlotRouter(self.slots, self.router.when_full)
+        self.table = StateTable(self.n_features, self.engine.state_size, self.table.recent)
+        self._evicted = []
+        if self.silence is not None:
+            self.silence.reset()
 
     def silence_meta(self, partition: int) -> dict:
         """Checkpoint meta of the silence tracker for ``partition`` ({} when it is off)."""

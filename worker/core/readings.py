@@ -25,6 +25,11 @@ REASONS = (
     "too_large",
     "late",
     "no_free_slot",
+    # hardening (issue 10): bounds and capacity
+    "bad_sensor_id",
+    "wrong_partition",
+    "no_capacity",
+    "internal_error",
 )
 
 
@@ -86,6 +91,10 @@ class BadTimestamp(ValueError):
 def parse_ts(ts: object) -> int:
     """Epoch milliseconds from an ISO-8601 string or a number of epoch milliseconds.
 
+    Only instants from 1970-01-01 to 9999-12-31 are accepted (what :func:`format_ts` can
+    write back); anything else, including digits that are not ASCII, is a
+    :class:`BadTimestamp`, never another exception.
+
     >>> parse_ts("2026-11-20T10:00:00Z")
     1795168800000
     >>> parse_ts(1795168800000)
@@ -94,7 +103,30 @@ def parse_ts(ts: object) -> int:
     Traceback (most recent call last):
     ...
     worker.core.readings.BadTimestamp: unparsable timestamp 'yesterday'
+    >>> parse_ts(1e300)
+    Traceback (most recent call last):
+    ...
+    worker.core.readings.BadTimestamp: timestamp 1e+300 is outside 1970-01-01 .. 9999-12-31
     """
+    try:
+        ms = _parse_ts(ts)
+    except (ValueError, OverflowError, TypeError):
+        raise BadTimestamp(f"unparsable timestamp {_shown(ts)}") from None
+    if not (TS_MIN_MS <= ms <= TS_MAX_MS):
+        raise BadTimestamp(f"timestamp {_shown(ts)} is outside 1970-01-01 .. 9999-12-31")
+    return ms
+
+
+#: 1970-01-01T00:00:00.000Z .. 9999-12-31T23:59:59.999Z: the instants format_ts can write
+TS_MIN_MS, TS_MAX_MS = 0, 253_402_300_799_999
+
+
+def _shown(ts: object) -> str:
+    text = repr(ts)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _parse_ts(ts: object) -> int:
     if isinstance(ts, bool):
         raise BadTimestamp(f"unparsable timestamp {ts!r}")
     if isinstance(ts, (int, np.integer)):
@@ -105,12 +137,12 @@ def parse_ts(ts: object) -> int:
         return int(ts)
     if isinstance(ts, str):
         s = ts.strip()
-        if s.lstrip("-").isdigit():
+        digits = s[1:] if s.startswith("-") else s
+        if digits.isascii() and digits.isdigit():  # "²".isdigit() is true, int("²") is not
+            if len(digits) > 19:
+                raise OverflowError("too many digits")
             return int(s)
-        try:
-            dt = datetime.fromisoformat(s.replace("Z", "+00:00") if s.endswith("Z") else s)
-        except ValueError:
-            raise BadTimestamp(f"unparsable timestamp {ts!r}") from None
+        dt = datetime.fromisoformat(s.replace("Z", "+00:00") if s.endswith("Z") else s)
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=timezone.utc)
         return int(dt.timestamp() * 1000)

@@ -404,6 +404,14 @@ class SilenceTracker:
         heapq.heapify(heap)
         self.heaps[p] = heap
 
+    def reset(self) -> None:
+        """Forget everything (the detector's table was cleared; restores rebuild it per partition)."""
+        self.stream.clear()
+        self.heaps.clear()
+        self.open.clear()
+        self.last_seen.clear()
+        self.events = []
+
     def drop_partition(self, partition: int) -> None:
         """Forget a partition (it moved to another worker, whose checkpoint carries it on)."""
         p = int(partition)

@@ -194,16 +194,37 @@ class StateTable:
         return rows
 
     def remove_rows(self, rows: np.ndarray) -> None:
-        """Forget rows (e.g. a revoked partition's sensors); later rows move down."""
-        drop = set(int(r) for r in rows)
-        if not drop:
+        """Forget rows (a revoked partition's sensors, evicted idle sensors).
+
+        The last rows move into the holes (cost proportional to the rows removed, not to
+        the table), so row numbers of other sensors may change; use :attr:`index`.
+
+        >>> t = StateTable(n_features=1, state_size=2)
+        >>> _ = t.add_many(["a", "b", "c", "d"]); t.cols["total"][:4] = [1, 2, 3, 4]
+        >>> t.remove_rows(np.array([0, 2])); t.ids, t.cols["total"][:2].tolist()
+        (['d', 'b'], [4, 2])
+        """
+        n = self.n_rows
+        drop = np.unique(np.asarray(rows, dtype=np.int64))
+        if len(drop) == 0:
             return
-        keep = np.array([r for r in range(self.n_rows) if r not in drop], dtype=np.int64)
-        for name in COLUMNS:
-            col = self.cols[name]
-            col[: len(keep)] = col[keep]
-        self.ids = [self.ids[r] for r in keep]
-        self.index = {sid: i for i, sid in enumerate(self.ids)}
+        if drop[0] < 0 or drop[-1] >= n:
+            raise IndexError(f"rows {drop.tolist()[:5]}... outside the table of {n}")
+        m = n - len(drop)
+        holes = drop[drop < m]
+        movers = np.setdiff1d(np.arange(m, n, dtype=np.int64), drop, assume_unique=True)
+        ids, index = self.ids, self.index
+        for r in drop.tolist():
+            del index[ids[r]]
+        if len(holes):
+            for col in self.cols.values():
+                col[holes] = col[movers]
+            for h, mv in zip(holes.tolist(), movers.tolist()):
+                sid = ids[mv]
+                ids[h] = sid
+                index[sid] = h
+        del ids[m:]
+        # rows past the end are zeroed when reused (_init_rows)
 
     def nbytes_per_row(self) -> int:
         return sum(c.itemsize * int(np.prod(c.shape[1:], dtype=np.int64)) for c in self.cols.values())
