@@ -7,6 +7,7 @@ Suites (each also runs alone as ``python -m benchmarks.<suite>``):
 * ``state``    checkpoint write/restore, memory per sensor, paging
 * ``training`` ``slotwatch train`` on 1,000,000 readings
 * ``quality``  detection quality vs. two baselines (when the training package provides it)
+* ``episodes`` alert load: episodes per 100 sensor-hours on a healthy fleet
 * ``silence``  silent sensors: what the check costs at 100k sensors, how soon it reports
 
 Writes ``benchmarks/results/<machine>-<date>.json`` (every suite, the machine, versions and
@@ -23,7 +24,7 @@ import traceback
 
 from benchmarks.common import RESULTS, machine, machine_tag
 
-SUITES = ["engine", "e2e", "state", "training", "quality", "silence"]
+SUITES = ["engine", "e2e", "state", "training", "quality", "episodes", "silence"]
 
 
 def _run_suite(name: str, quick: bool) -> tuple[dict | None, str]:
@@ -52,7 +53,7 @@ def chart(summary: dict, path) -> None:
         for name, t in (res or {}).get("targets", {}).items():
             if t.get("measured") is None:
                 continue
-            lower_is_better = name.startswith(("around", "checkpoint", "consumer_hold", "bytes", "latency"))
+            lower_is_better = name.startswith(("around", "checkpoint", "consumer_hold", "bytes", "latency", "episodes"))
             r = (t["target"] / t["measured"]) if lower_is_better else (t["measured"] / t["target"])
             ratios.append((f"{suite}: {name}", r, t["met"]))
     if not ratios:

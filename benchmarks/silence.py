@@ -141,7 +141,7 @@ def bench_detection(sensors: int = 100, steps: int = 3000, seed: int = 11, multi
         ts_all = df["ts_ms"].to_numpy()  # the frame is in time order
         for k in range(0, len(df), chunk):
             before = len(got)
-            replay_frame(det, df.iloc[k : k + chunk].reset_index(drop=True), ["x0"], chunk=chunk, episodes=got)
+            replay_frame(det, df.iloc[k : k + chunk].reset_index(drop=True), ["x0"], chunk=chunk, silence_events=got)
             polls += [k // chunk] * (len(got) - before)
         opens = [(e, q) for e, q in zip(got, polls) if e.event == "open"]
         by_key = {(e.sensor_id, e.start_ts_ms): (e, q) for e, q in opens}

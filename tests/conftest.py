@@ -25,15 +25,18 @@ def sine_fleet(n_sensors: int, steps: int, n_features: int = 1, seed: int = 0) -
 
 
 def make_artifact(tmp: Path, features: list[str], units: list[int], *, epochs: int = 2, seed: int = 7,
-                  sensors_scaling: dict | None = None, warmup: int = 8, version: str | None = None) -> Path:
-    """Fit the sequence network for a few epochs on sine waves and save it with a manifest."""
+                  sensors_scaling: dict | None = None, warmup: int = 8, version: str | None = None,
+                  data_seed: int | None = None) -> Path:
+    """Fit the sequence network for a few epochs on sine waves and save it with a manifest.
+
+    ``seed`` draws the initial weights and (unless ``data_seed`` is given) the training data."""
     import keras
 
     keras.utils.set_random_seed(seed)
     f = len(features)
     net = art.build_network(f, units, seed=seed)
     net.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
-    data = sine_fleet(32, 65, f, seed=seed).astype("float32")
+    data = sine_fleet(32, 65, f, seed=seed if data_seed is None else data_seed).astype("float32")
     net.fit(data[:, :-1], data[:, 1:], epochs=epochs, batch_size=16, verbose=0, shuffle=False)
     manifest = art.Manifest(
         model_version=version or f"test-{'-'.join(features)}-{'x'.join(map(str, units))}",
@@ -73,3 +76,12 @@ def kafka_broker():
     broker, stop = start_test_broker()
     yield broker
     stop()
+
+
+@pytest.fixture(scope="session")
+def artifact_1f_b(models_dir) -> Path:
+    """"Model B": artifact_1f retrained (same data and size, other initial weights, another version);
+    per-sensor scaling for s0..s9: artifact_1f's for the odd ones, its own for the even ones."""
+    scaling = {f"s{i}": ({"mean": [0.05 * i], "std": [1.0 + 0.2 * i]} if i % 2 == 0 else {"mean": [0.1 * i], "std": [1.0 + 0.1 * i]})
+               for i in range(10)}
+    return make_artifact(models_dir, ["temp"], [16], seed=3, data_seed=7, version="test-temp-16-b", sensors_scaling=scaling)

@@ -53,6 +53,8 @@ def test_demo_streams_scores_and_stops_cleanly(artifact_3f, tmp_path):
     consumed = [int(n.replace(",", "")) for n in re.findall(r"consumed ([\d,]+)", out)]
     assert consumed and max(consumed) > 1000, out[-2000:]
     assert re.search(r"slots 16/16", out), "40 sensors through 16 slots should fill every slot"
+    # the live view counts episodes, not flagged readings
+    assert re.search(r"episodes \d+ open / \d+ closed", out), out[-2000:]
     # the worker checkpointed on SIGTERM and nothing is left running
     assert any((work / "checkpoints").rglob("*.ckpt"))
     pid = int(re.search(r"worker pid (\d+)", out).group(1))

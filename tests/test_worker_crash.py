@@ -2,6 +2,8 @@
 worker.cli run``) and is killed with SIGKILL at random moments while it works through one
 stream of 50,000 readings over 500 sensors; after the last restart every sensor's h and c
 equal an uninterrupted run's, every reading was scored, and duplicates carry the same bytes.
+Some sensors jump for a few readings, so episodes are open when the kills land: their open and
+close messages are the uninterrupted run's, byte for byte, and some episode spans a kill.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ def test_kill_9_at_random_moments_loses_nothing_applies_nothing_twice(kafka_brok
     rng = random.Random(4)
     ids = [f"s{i}" for i in range(N_SENSORS)]
     data = sine_fleet(N_SENSORS, STEPS, 1, seed=21)
+    for i in range(0, N_SENSORS, 10):  # episodes all through the stream
+        t = 12 + (i * 7) % 50
+        data[i, t : t + 3, 0] += 12.0
     msgs = fleet_messages(data, ids, ["temp"])
     assert len(msgs) == 50_000
     topics = kafka_broker.topics("crash", partitions=PARTITIONS)
@@ -89,6 +94,7 @@ def test_kill_9_at_random_moments_loses_nothing_applies_nothing_twice(kafka_brok
     # each followed by a random delay so the kill lands anywhere in the work between checkpoints
     targets = sorted(rng.sample(range(1000, len(msgs) - 4000), KILLS))
     kills = []
+    kill_ms = []
     for target in targets:
         p = start()
         deadline = time.monotonic() + 120
@@ -104,6 +110,7 @@ def test_kill_9_at_random_moments_loses_nothing_applies_nothing_twice(kafka_brok
         consumed = _scrape(port).get("slotwatch_readings_consumed_total", 0.0)
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
+        kill_ms.append(int(time.time() * 1000))
         kills.append((int(progress), int(consumed)))
     assert len(kills) == KILLS and all(c > 0 for _, c in kills), kills
 
@@ -150,4 +157,24 @@ def test_kill_9_at_random_moments_loses_nothing_applies_nothing_twice(kafka_brok
         d = json.loads(next(iter(vals)))
         r = ref_by[(d["sensor_id"], d["ts_ms"])]
         assert abs(d["score"] - r.score) < 1e-5 and abs(d["error"] - r.error) < 1e-5 * max(1.0, r.error)
-    print(f"kills at (committed progress, consumed in that life) {kills}; {dups} duplicate outputs")
+
+    # episode messages (the anomalies topic's default content): the uninterrupted run's, byte for byte
+    from worker.codec import encode_episode
+
+    version = art.load(artifact_1f).version
+    want = {encode_episode(e, version) for r in ref_scores if getattr(r, "episodes", None) for e in r.episodes}
+    eps = kafka_broker.read_all(topics["anomalies"], expect=None, timeout=60, idle=3.0)
+    by_event: dict[tuple[str, str], set[bytes]] = {}
+    first_seen: dict[tuple[str, str], int] = {}
+    for r in eps:
+        d = json.loads(r.value)
+        k = (d["episode_id"], d["event"])
+        by_event.setdefault(k, set()).add(r.value)
+        first_seen[k] = min(first_seen.get(k, r.timestamp), r.timestamp)
+    assert all(len(v) == 1 for v in by_event.values()), "a duplicate episode message carries different bytes"
+    assert {next(iter(v)) for v in by_event.values()} == want and len(want) >= 2 * (N_SENSORS // 10)
+    spans = [eid for (eid, ev) in by_event if ev == "close"
+             and any(first_seen[(eid, "open")] < k < first_seen[(eid, "close")] for k in kill_ms)]
+    assert spans, "no episode was open across a kill"
+    print(f"kills at (committed progress, consumed in that life) {kills}; {dups} duplicate outputs; "
+          f"{len(want)} episode messages, {len(eps) - len(by_event)} duplicates, {len(spans)} episodes across a kill")

@@ -45,7 +45,7 @@ def test_end_to_end_scores_equal_replay(kafka_broker, art1, artifact_1f, tmp_pat
     topics = kafka_broker.topics("e2e", partitions=2)
     msgs = fleet_messages(data, ids, ["temp"])
     kafka_broker.produce(topics["readings"], msgs, partition_by_index(2))
-    s = worker_settings(kafka_broker, topics, artifact_1f, tmp_path / "ck")
+    s = worker_settings(kafka_broker, topics, artifact_1f, tmp_path / "ck", episodes={"publish_readings": True})
     w = RunningWorker(s, artifact=art1)
     w.wait_consumed(len(msgs))
     assert w.stop() == 0
@@ -69,11 +69,62 @@ def test_end_to_end_scores_equal_replay(kafka_broker, art1, artifact_1f, tmp_pat
         assert g["is_anomaly"] == bool(r.is_anomaly)
         assert g["warming_up"] == bool(r.warming_up)
         assert g["model_version"] == art1.version and g["values"]["temp"] == pytest.approx(r.temp)
-    anomalies = _scores(kafka_broker.read_all(topics["anomalies"], expect=int(ref.is_anomaly.sum())))
+    on_topic = _scores(kafka_broker.read_all(topics["anomalies"], expect=int(ref.is_anomaly.sum())))
+    anomalies = [a for a in on_topic if a["type"] == "score"]  # publish_readings: flagged readings beside the episodes
+    assert {a["type"] for a in on_topic} == {"score", "episode"}
     assert ref.is_anomaly.sum() >= 1, "the fixture should contain at least one anomaly"
     assert sorted((a["sensor_id"], a["ts_ms"]) for a in anomalies) == sorted(
         (r.sensor_id, int(r.ts)) for r in ref.itertuples() if r.is_anomaly)
     assert all(a["is_anomaly"] for a in anomalies)
+    assert all(a["features"][0]["feature"] == "temp" and "surprise" in a for a in anomalies)
+
+
+def test_episode_messages_on_the_anomalies_topic(kafka_broker, art1, artifact_1f, tmp_path):
+    """By default the anomalies topic carries episode messages only: one open and one close per
+    episode, the same bytes as the in-process core gives, naming the deviating feature."""
+    from worker.codec import encode_episode
+
+    data, ids = _fleet(n=8, steps=60, seed=5)
+    data[3, 30:33, 0] += 12.0  # three readings of s3 far off: one episode
+    topics = kafka_broker.topics("episodes", partitions=2)
+    msgs = fleet_messages(data, ids, ["temp"])
+    kafka_broker.produce(topics["readings"], msgs, partition_by_index(2))
+    s = worker_settings(kafka_broker, topics, artifact_1f, tmp_path / "ck", episodes={"quiet_readings": 4},
+                        kafka={"publish_scores": False})
+    codec = ReadingCodec(["temp"])
+    readings = [codec.decode(v, partition_by_index(2)(k)) for k, v in msgs]
+    _, ref = reference_detector(art1, s, readings)
+    want = [encode_episode(e, art1.version) for r in ref if isinstance(r, Score) and r.episodes for e in r.episodes]
+    opens = [json.loads(v) for v in want if json.loads(v)["event"] == "open"]
+    assert any(o["sensor_id"] == "s3" and o["start_ts_ms"] == T0 + 30 * STEP_MS for o in opens), opens
+
+    w = RunningWorker(s, artifact=art1)
+    w.wait_consumed(len(msgs))
+    m = w.metrics
+    opened = m.episodes_opened.labels("score")._value.get()
+    closed = sum(m.episodes_closed.labels("score", r)._value.get() for r in ("quiet", "accepted", "reset"))
+    open_now = m.episodes_open.labels("score")._value.get()
+    flagged = m.anomalies._value.get()
+    assert w.stop() == 0
+    recs = kafka_broker.read_all(topics["anomalies"], expect=len(want))
+    got = [r.value for r in recs]
+    assert sorted(got) == sorted(want)  # byte for byte the core's events, nothing else
+    by_key = {}
+    for r in recs:
+        by_key.setdefault(r.key, []).append(json.loads(r.value))
+    for key, evs in by_key.items():  # per sensor (= key, one partition): open, close, open, ... in order
+        assert [e["event"] for e in evs] == (["open", "close"] * len(evs))[: len(evs)], key
+        assert all(e["sensor_id"] == key.decode() and e["type"] == "episode" for e in evs)
+    s3 = [e for e in by_key[b"s3"] if e["start_ts_ms"] == T0 + 30 * STEP_MS]
+    assert [e["event"] for e in s3] == ["open", "close"]
+    o, c = s3
+    assert o["features"][0]["feature"] == "temp" and o["features"][0]["z"] > 5 and o["surprise"] > 3
+    assert o["features"][0]["actual"] == pytest.approx(data[3, 30, 0])
+    assert c["close_reason"] == "quiet" and c["readings_flagged"] >= 1 and c["peak_surprise"] >= o["surprise"]
+    assert c["end_ts_ms"] >= T0 + 30 * STEP_MS and c["duration_s"] == (c["end_ts_ms"] - c["start_ts_ms"]) / 1000
+    n_open = sum(json.loads(v)["event"] == "open" for v in want)
+    assert (opened, closed, open_now) == (n_open, len(want) - n_open, 2 * n_open - len(want))
+    assert flagged >= n_open  # flagged readings are still counted
 
 
 def _bad_messages() -> list[tuple[bytes | None, bytes, str]]:

@@ -1,5 +1,5 @@
 """The worker survives a broker outage (readiness false meanwhile, nothing lost), and refuses
-a checkpoint of another model version unless told to start fresh."""
+a checkpoint that does not fit the model; a checkpoint with another ring length restores."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from tests.broker import TestBroker
-from tests.conftest import make_artifact, sine_fleet
+from tests.conftest import sine_fleet
 from tests.worker_helpers import RunningWorker, fleet_messages, worker_settings
 from worker.app import EXIT_CHECKPOINT
 from worker.core import artifact as art
@@ -71,33 +71,20 @@ def test_broker_outage_readiness_goes_false_and_nothing_is_lost(artifact_1f, tmp
         assert got == {(k.decode(), json.loads(v)["ts"]) for k, v in first + second}
 
 
-def test_checkpoint_of_another_model_version_is_refused_unless_fresh_start_allowed(kafka_broker, artifact_1f, models_dir, tmp_path):
+def test_checkpoint_of_a_model_with_other_features_is_refused(kafka_broker, artifact_1f, artifact_3f, tmp_path):
     a = art.load(artifact_1f)
-    other = art.load(make_artifact(models_dir, ["temp"], [16], epochs=1, seed=3, version="test-other-version"))
-    data = sine_fleet(4, 20, 1, seed=9)
-    ids = [f"s{i}" for i in range(4)]
-    first, second = fleet_messages(data[:, :10], ids, ["temp"]), fleet_messages(data, ids, ["temp"], start=10)
-    topics = kafka_broker.topics("version")
+    other = art.load(artifact_3f)  # another kind of model: its rows cannot be handed over
+    msgs = fleet_messages(sine_fleet(4, 10, 1, seed=9), [f"s{i}" for i in range(4)], ["temp"])
+    topics = kafka_broker.topics("features")
     s = worker_settings(kafka_broker, topics, artifact_1f, tmp_path / "ck")
-    kafka_broker.produce(topics["readings"], first)
+    kafka_broker.produce(topics["readings"], msgs)
     w = RunningWorker(s, artifact=a)
-    w.wait_consumed(len(first))
+    w.wait_consumed(len(msgs))
     assert w.stop() == 0
-
-    kafka_broker.produce(topics["readings"], second)
     w = RunningWorker(s, artifact=other)
     w.thread.join(60)
-    assert w.code == EXIT_CHECKPOINT  # refused: the h/c state does not belong to these weights
+    assert w.code == EXIT_CHECKPOINT
     assert w.metrics.consumed._value.get() == 0
-
-    s.checkpoint.allow_fresh_start = True
-    w = RunningWorker(s, artifact=other)
-    w.wait_consumed(len(second))  # resumes at the checkpointed offset, sensors start fresh
-    assert w.metrics.consumed._value.get() == len(second)
-    assert w.stop() == 0
-    scores = [json.loads(r.value) for r in kafka_broker.read_all(topics["scores"], expect=len(first) + len(second))]
-    new = [x for x in scores if x["model_version"] == "test-other-version"]
-    assert len(new) == len(second) and all(x["warming_up"] for x in new[: len(ids)])
 
 
 @pytest.mark.skipif(bool(os.environ.get("SLOTWATCH_TEST_BOOTSTRAP")), reason="pauses its own embedded broker")
@@ -131,16 +118,20 @@ def test_stop_during_an_outage_checkpoints_and_exits_within_the_grace_period(art
         assert ck is not None and ck.next_offset == len(msgs)
 
 
-def test_checkpoint_that_does_not_fit_changed_settings_stops_the_worker(kafka_broker, artifact_1f, tmp_path):
+def test_checkpoint_with_another_ring_length_restores(kafka_broker, artifact_1f, tmp_path):
     a = art.load(artifact_1f)
-    msgs = fleet_messages(sine_fleet(3, 6, 1, seed=2), ["s0", "s1", "s2"], ["temp"])
+    data = sine_fleet(3, 12, 1, seed=2)
+    first, second = fleet_messages(data[:, :6], ["s0", "s1", "s2"], ["temp"]), fleet_messages(data, ["s0", "s1", "s2"], ["temp"], start=6)
     topics = kafka_broker.topics("recent")
     s = worker_settings(kafka_broker, topics, artifact_1f, tmp_path / "ck")
-    kafka_broker.produce(topics["readings"], msgs)
+    kafka_broker.produce(topics["readings"], first)
     w = RunningWorker(s, artifact=a)
-    w.wait_consumed(len(msgs))
+    w.wait_consumed(len(first))
     assert w.stop() == 0
-    s.model.recent_readings = 4  # the checkpoint holds rings of 16 readings
+    s.model.recent_readings = 4  # the checkpoint holds rings of 16 readings: the newest 4 are kept
+    kafka_broker.produce(topics["readings"], second)
     w = RunningWorker(s, artifact=a)
-    w.thread.join(60)
-    assert w.code == EXIT_CHECKPOINT
+    w.wait_consumed(len(second))
+    det = w.worker.detector
+    assert det.table.recent == 4 and int(det.table.cols["total"][det.table.index["s0"]]) == 12
+    assert w.stop() == 0

@@ -74,7 +74,7 @@ def test_silence_episodes_equal_replay_across_a_restart_and_a_stalled_partition_
     df = pd.DataFrame({"sensor_id": [r[0] for r in rows], "ts_ms": [r[1] for r in rows], "temp": [r[2] for r in rows]})
     events: list = []
     det = SlotDetector(a1, slots=s.model.slots, silence=tracker_from(s.silence, a1.manifest.training))
-    replay_frame(det, df, ["temp"], chunk=97, episodes=events, partitions=PARTS)
+    replay_frame(det, df, ["temp"], chunk=97, silence_events=events, partitions=PARTS)
     assert [(e.event, e.sensor_id) for e in events] == [("open", "s3"), ("open", "s8"), ("close", "s3")]
     want = [encode_silence(e, a1.version) for e in events]
 
@@ -147,7 +147,7 @@ def test_kill_9_replays_the_same_silence_episodes(kafka_broker, artifact_1f, tmp
     df = pd.DataFrame({"sensor_id": [r[0] for r in rows], "ts_ms": [r[1] for r in rows], "temp": [r[2] for r in rows]})
     events: list = []
     det = SlotDetector(a1, slots=64, silence=tracker_from(s.silence, a1.manifest.training))
-    replay_frame(det, df, ["temp"], chunk=500, episodes=events, partitions=parts)
+    replay_frame(det, df, ["temp"], chunk=500, silence_events=events, partitions=parts)
     want = {encode_silence(e, a1.version) for e in events}
     assert sum(e.event == "open" for e in events) == len(stops) and sum(e.event == "close" for e in events) == 5
 

@@ -105,7 +105,8 @@ def reference_detector(artifact, settings: Settings, readings):
 
     s = settings.model
     det = SlotDetector(artifact, slots=s.slots, when_full=s.when_full, max_gap_ms=int(s.max_gap_s * 1000),
-                       threshold=s.threshold, warmup=s.warmup, recent=s.recent_readings)
+                       threshold=s.threshold, warmup=s.warmup, recent=s.recent_readings,
+                       episodes=settings.episodes.params())
     results = []
     for start in range(0, len(readings), 500):
         results += det.process(readings[start : start + 500])

@@ -35,6 +35,8 @@ from collections import deque
 
 import numpy as np
 
+from worker.fmt import fmt_threshold
+
 log = logging.getLogger("slotwatch.baselines")
 
 
@@ -227,7 +229,7 @@ class Baselines:
         for name in self.names:
             normal = [self._scores(name, v)[self._normal_mask(lab.copy())] for _, v, lab in train.values()]
             self.thresholds[name] = _threshold(np.concatenate(normal), self.false_alarm_rate)
-            log.info("%s: threshold %.4f", name, self.thresholds[name])
+            log.info("%s: threshold %s", name, fmt_threshold(self.thresholds[name]))
         return self
 
     def flags(self, test_df) -> dict[str, np.ndarray]:

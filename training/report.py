@@ -49,10 +49,10 @@ def surprise(score) -> np.ndarray:
     >>> surprise([0.0, 0.9, 0.999, 1.0]).round(3).tolist()
     [0.0, 1.0, 3.0, 16.0]
     """
-    s = np.clip(np.asarray(score, dtype=np.float64), 0.0, 1.0)
-    with np.errstate(divide="ignore"):
-        out = -np.log10(np.maximum(1.0 - s, 10.0 ** -MAX_SURPRISE))
-    return np.minimum(np.where(np.isfinite(out), out, 0.0), MAX_SURPRISE) + 0.0
+    from worker.core.attribution import surprise as of_tail  # the one definition (score messages, episodes)
+
+    s = np.asarray(score, dtype=np.float64)
+    return np.minimum(of_tail(1.0 - np.clip(np.where(np.isfinite(s), s, 0.0), 0.0, 1.0)), MAX_SURPRISE)
 
 
 def interesting(counts, n: int) -> list[int]:

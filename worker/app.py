@@ -26,10 +26,14 @@ the worker finishes the batch in hand, checkpoints, commits, closes and exits 0 
 Counting: ``consumed = scored + rejected + skipped`` (every message taken from the topic is
 exactly one of those).
 
-A checkpoint written with another model version than the loaded artifact is refused
-(exit code 3, naming both versions) unless ``SLOTWATCH_CHECKPOINT__ALLOW_FRESH_START`` is
-true; then that partition's sensors start fresh (warm-up again) from the checkpointed
-offset.  The same applies when every generation of a partition's checkpoint is corrupt.
+A checkpoint written with another model version than the loaded artifact restores warm:
+each sensor's state is rebuilt by stepping its recent readings through the loaded model
+(:mod:`worker.core.handover`), so no sensor warms up again.  A checkpoint that cannot fit
+the artifact (other features) is refused (exit code 3).  When every generation of a
+partition's checkpoint is corrupt the worker refuses to start (exit code 3) unless
+``SLOTWATCH_CHECKPOINT__ALLOW_FRESH_START`` is true; then that partition's sensors start
+fresh from the committed offset.  A new artifact behind the ``latest`` pointer is taken
+over while running (:mod:`worker.model_watch`).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ log = logging.getLogger("slotwatch.worker")
 
 EXIT_OK = 0
 EXIT_CONFIG = 2  # bad settings or artifact
-EXIT_CHECKPOINT = 3  # checkpoint does not fit (model version) or is unreadable
+EXIT_CHECKPOINT = 3  # checkpoint cannot fit the model (other features) or is unreadable
 EXIT_GRACE = 4  # shutdown did not finish within the grace period
 
 #: dead letters keep the original bytes up to this size (the producer's request limit is 1 MiB);
@@ -89,6 +93,7 @@ class Worker:
             warmup=s.model.warmup,
             recent=s.model.recent_readings,
             silence=tracker_from(s.silence, mf.training),
+            episodes=s.episodes.params(),
             max_sensors=s.limits.max_sensors,
             max_sensor_id_bytes=s.limits.max_sensor_id_bytes,
         )
@@ -112,6 +117,9 @@ class Worker:
         self._suspect: dict[int, tuple[int, int]] = {}
         self._evicted_seen = 0
         self._lost: set[int] = set()  # partitions being dropped as lost: never commit their offsets
+        from worker.model_watch import ModelWatch
+
+        self.watch = ModelWatch(self) if s.handover.live_swap else None  # takes over a new `latest` while running
         self.health = None
         self.consumer = None
         self.producer = None
@@ -206,6 +214,8 @@ class Worker:
             backoff = s.kafka.retry_backoff_ms / 1000
             if batch:
                 self._handle(batch)
+            if self.watch is not None:
+                self.watch.tick()
             self._maybe_checkpoint()
             self._maybe_probe()
             self._watch_streams()
@@ -224,6 +234,8 @@ class Worker:
                 log.error("final checkpoint not written (output not acknowledged); a restart replays from the previous one")
         self.rejection_log.flush()
         self._closing = True
+        if self.watch is not None:
+            self.watch.close()
         if self._writer is not None:
             self._writer.shutdown(wait=True)
         if self.consumer is not None:
@@ -287,14 +299,26 @@ class Worker:
         except _CoreFailure as f:  # state may be half-updated: reload it (the poll is read again)
             self._rewind(f)
             return
+        if self.watch is not None:
+            self.watch.on_readings(readings, results)
         for topic, key, value, kind in outputs:
             self._send(topic, key, value, None, kind)
+        orphans = self.detector.drain_episode_events()  # closes of evicted sensors' episodes
+        if orphans:
+            from worker.codec import encode_episode
+
+            for e in orphans:
+                self._send(self.settings.kafka.anomalies_topic, e.sensor_id.encode("utf-8"),
+                           encode_episode(e, self.model_version), None, "episode")
+            self._note_episodes(orphans)
         n_scored = 0
         ts_scored = []
         for r, raw in zip(results, origin):
             if isinstance(r, Score):
                 n_scored += 1
                 ts_scored.append(r.ts_ms)
+                if r.episodes:
+                    self._note_episodes(r.episodes)
             else:
                 rejects.append((r, raw))
         if n_skipped:
@@ -318,6 +342,22 @@ class Worker:
             self._suspect = {p: r for p, r in self._suspect.items() if self.applied.get(p, -1) < r[1]}
         m.consumed.inc(n_consumed)  # last, so that a scrape never sees consumed > scored + rejected + skipped
         self.since_checkpoint += n_consumed
+
+    def _note_episodes(self, events) -> None:
+        """Count and log episode events whose messages were just sent (see :meth:`_outputs`)."""
+        m = self.metrics
+        for e in events:
+            top = e.features[0] if e.features else None
+            what = f"; top feature {top['feature']} z {top['z']:+.2f}" if top else ""
+            if e.event == "open":
+                m.episodes_opened.labels(e.kind).inc()
+                log.info("episode opened: %s, score %.9f, surprise %.2f%s", e.episode_id, e.score, e.surprise, what,
+                         extra={"sensor_id": e.sensor_id})
+            else:
+                m.episodes_closed.labels(e.kind, e.close_reason).inc()
+                log.info("episode closed (%s): %s, %d readings flagged over %.0f s, peak surprise %.2f%s", e.close_reason,
+                         e.episode_id, e.readings_flagged, e.duration_s, e.peak_surprise, what,
+                         extra={"sensor_id": e.sensor_id})
 
     def _score(self, readings) -> tuple[list, list]:
         """The core's results for ``readings`` and the outputs to send, or :class:`_CoreFailure`.
@@ -361,21 +401,30 @@ class Worker:
 
     def _outputs(self, results) -> list[tuple]:
         """(topic, key, value, kind) of every score to publish; encoding errors surface here, before any send."""
-        from worker.codec import encode_score
+        from worker.codec import encode_episode, encode_score
         from worker.core.readings import Score
 
         kafka = self.settings.kafka
+        episodes = self.settings.episodes
         out = []
         for r in results:
-            if isinstance(r, Score) and (r.is_anomaly or kafka.publish_scores):
-                value = encode_score(r, self.features, self.model_version)
+            if not isinstance(r, Score):
+                continue
+            per_reading = r.is_anomaly and episodes.publish_readings  # default: episode messages only
+            if per_reading or kafka.publish_scores:
+                value = encode_score(r, self.features, self.model_version, episodes.top_features)
                 key = r.sensor_id.encode("utf-8")
                 if kafka.publish_scores:
                     out.append((kafka.scores_topic, key, value, "score"))
-                if r.is_anomaly:
+                if per_reading:
                     out.append((kafka.anomalies_topic, key, value, "anomaly"))
-                    log.debug("anomaly: score %.6f", r.score,
-                              extra={"sensor_id": r.sensor_id, "partition": r.partition, "offset": r.offset})
+            if r.is_anomaly:
+                log.debug("anomaly: score %.9f, surprise %.2f", r.score, r.surprise,
+                          extra={"sensor_id": r.sensor_id, "partition": r.partition, "offset": r.offset})
+            if r.episodes:  # issue 9: one message when an episode opens, one when it closes
+                for e in r.episodes:
+                    out.append((kafka.anomalies_topic, e.sensor_id.encode("utf-8"), encode_episode(e, self.model_version),
+                                "episode"))
         return out
 
     def _rewind(self, failure: "_CoreFailure") -> None:
@@ -408,6 +457,8 @@ class Worker:
         self._reap_checkpoint(wait=True)
         parts = sorted(self.restored)
         self.detector.clear()
+        if self.watch is not None:
+            self.watch.on_rewind()
         self.restored.clear()
         self.applied.clear()
         self.checkpointed.clear()
@@ -458,6 +509,7 @@ class Worker:
         m.anomalies.inc(anom)
         m.slots_in_use.set(len(det.router))
         m.sensors_known.set(det.table.n_rows)
+        m.episodes_open.labels(det.episodes.kind).set(det.episodes.open_count())
         ev = det.stats.evicted_idle - self._evicted_seen  # issue 10: sensors evicted to stay under max_sensors
         if ev > 0:
             self._evicted_seen += ev
@@ -603,7 +655,10 @@ class Worker:
         from kafka import TopicPartition
         from kafka.structs import OffsetAndMetadata
 
+        import numpy as np
+
         from worker.checkpointing.format import Checkpoint
+        from worker.core.handover import VERSION_COLUMN
 
         self._reap_checkpoint(wait=True, sync_commit=sync_commit,
                               timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -619,9 +674,10 @@ class Worker:
                 continue  # nothing applied and no checkpoint: nothing to save
             if self.checkpointed.get(p) != nxt:
                 cols = self.detector.export_partition(p)  # a copy: the state may move on while it is written
-                cks.append(Checkpoint(p, nxt, self.model_version, cols,
-                                      meta={"topic": self.topic, "client_id": self.settings.kafka.client_id,
-                                            **self.detector.silence_meta(p)}))
+                cols[VERSION_COLUMN] = np.full(len(cols["sensor_id"]), self.model_version, dtype=object)
+                cks.append(Checkpoint(p, nxt, self.model_version, cols, meta={
+                    "topic": self.topic, "client_id": self.settings.kafka.client_id, "features": self.features,
+                    **self.detector.silence_meta(p)}))
                 written[p] = nxt
             if self.committed.get(p) != nxt:
                 offsets[TopicPartition(self.topic, p)] = OffsetAndMetadata(nxt, f"slotwatch {self.model_version}", -1)
@@ -739,6 +795,7 @@ class Worker:
     # ------------------------------------------------------------------ rebalance (called inside poll)
     def on_assigned(self, tps) -> None:
         from worker.checkpointing.format import CorruptCheckpoint
+        from worker.core.handover import import_warm
 
         allow = self.settings.checkpoint.allow_fresh_start
         for tp in sorted(tps):
@@ -757,35 +814,28 @@ class Worker:
                 log.error("partition %d: every checkpoint is corrupt; starting it fresh (allow_fresh_start)", p,
                           extra={"partition": p})
                 ck = None
-            if ck is not None and ck.model_version != self.model_version:
-                if not allow:
-                    self._fatal = FatalCheckpointError(
-                        f"partition {p}: checkpoint {self.store.generations(p)[0]} was written with model "
-                        f"{ck.model_version!r}, the loaded artifact is {self.model_version!r}. Its h/c state does not fit "
-                        "the new weights. Refusing to start: point SLOTWATCH_MODEL__PATH at the old artifact, or set "
-                        "SLOTWATCH_CHECKPOINT__ALLOW_FRESH_START=true to start this partition's sensors fresh (warm-up "
-                        "again) from the checkpointed offset.")
-                    return
-                log.warning("partition %d: checkpoint of model %s, artifact %s: sensors start fresh at offset %d",
-                            p, ck.model_version, self.model_version, ck.next_offset,
-                            extra={"partition": p, "offset": ck.next_offset})
-                self.applied[p] = ck.next_offset - 1
-                self.consumer.seek(tp, ck.next_offset)
-            elif ck is not None:
+            if ck is not None:
+                meta_f = ck.meta.get("features")
                 try:
-                    n = self.detector.import_partition(ck.columns) if ck.n_sensors else 0
-                except (ValueError, KeyError) as e:  # columns of another shape: settings changed
+                    if meta_f is not None and list(meta_f) != self.features:
+                        raise ValueError(f"its sensors have features {meta_f}, the model takes {self.features}")
+                    n, warmed = import_warm(self.detector, ck.columns, ck.model_version) if ck.n_sensors else (0, 0)
+                except (ValueError, KeyError) as e:  # columns of another shape: another kind of model
                     self.detector.drop_partition(p)
                     self._fatal = FatalCheckpointError(
-                        f"partition {p}: checkpoint {self.store.generations(p)[0]} does not fit the current settings "
-                        f"({e}); was SLOTWATCH_MODEL__RECENT_READINGS changed? Restore the old settings, or move the "
-                        "checkpoint folder away to start fresh.")
+                        f"partition {p}: checkpoint {self.store.generations(p)[0]} (model {ck.model_version!r}) does not "
+                        f"fit the loaded artifact {self.model_version!r} ({e}). Refusing to start: point "
+                        "SLOTWATCH_MODEL__PATH at an artifact with the same features, or move the checkpoint folder "
+                        "away to start fresh.")
                     return
                 self.detector.restore_silence(p, ck.meta)
+                if warmed:
+                    self.metrics.handover_warmed.labels("restore").inc(warmed)
                 self.applied[p] = ck.next_offset - 1
                 self.checkpointed[p] = ck.next_offset
                 self.consumer.seek(tp, ck.next_offset)
-                log.info("partition %d restored: %d sensors, resuming at offset %d", p, n, ck.next_offset,
+                log.info("partition %d restored: %d sensors (%d warmed from model %s to %s), resuming at offset %d", p, n,
+                         warmed, ck.model_version, self.model_version, ck.next_offset,
                          extra={"partition": p, "offset": ck.next_offset})
             else:
                 self.applied[p] = -1
@@ -819,6 +869,8 @@ class Worker:
             log.info("partitions %s revoked%s", parts, "" if ok else " (checkpoint failed; next owner replays)")
         for p in parts:
             self.detector.drop_partition(p)
+            if self.watch is not None:
+                self.watch.on_dropped(p)
             self.restored.discard(p)
             self._origin.pop(p, None)
             self._suspect.pop(p, None)
@@ -948,6 +1000,8 @@ def main(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    if worker.watch is not None:  # SIGHUP: read the models folder's `latest` pointer now
+        signal.signal(signal.SIGHUP, lambda *_: worker.watch.request_check())
     from worker.runtime import tune_gc
 
     tune_gc()  # after the model is loaded: freeze it out of the collector's way

@@ -17,8 +17,9 @@ becomes a :class:`~worker.core.readings.Rejection` with a reason code, never an 
 >>> c.decode(b'\\xff').reason
 'not_json'
 
-Output: :func:`encode_score` is the one place a score becomes bytes, so a duplicate
-published after a restart carries exactly the same bytes.
+Output: :func:`encode_score` and :func:`encode_episode` are the one place a score and an
+episode event become bytes, so a duplicate published after a restart carries exactly the
+same bytes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from worker.core.attribution import top_features
+from worker.core.episodes import EpisodeEvent
 from worker.core.limits import FLOAT32_MAX, sensor_id_problem, ts_problem
 from worker.core.readings import BadTimestamp, Reading, Rejection, Score, format_ts, parse_ts
 
@@ -133,13 +136,18 @@ def encode_reading(sensor_id: str, ts: str | int, values: dict[str, float], rese
     return json.dumps(d, separators=(",", ":")).encode("utf-8")
 
 
-def score_dict(s: Score, features: list[str], model_version: str) -> dict:
-    """The JSON object of a score (scores and anomalies topics)."""
-    return {
+def score_dict(s: Score, features: list[str], model_version: str, top_k: int = 3) -> dict:
+    """The JSON object of a score (scores and anomalies topics).
+
+    ``surprise`` separates scores near 1 (:func:`worker.core.attribution.surprise`); ``z`` is
+    every feature's deviation in typical residuals; a flagged score also names the ``top_k``
+    features that deviated most (``features``, most deviating first)."""
+    d = {
         "sensor_id": s.sensor_id,
         "ts": format_ts(s.ts_ms),
         "ts_ms": int(s.ts_ms),
         "score": float(s.score),
+        "surprise": float(s.surprise),
         "error": float(s.error),
         "is_anomaly": bool(s.is_anomaly),
         "threshold": float(s.threshold),
@@ -147,19 +155,73 @@ def score_dict(s: Score, features: list[str], model_version: str) -> dict:
         "warming_up": bool(s.warming_up),
         "values": {f: float(v) for f, v in zip(features, s.values)},
         "expected": {f: float(v) for f, v in zip(features, s.expected)},
-        "partition": int(s.partition),
-        "offset": int(s.offset),
     }
+    if s.feature_z is not None:
+        d["z"] = {f: float(v) for f, v in zip(features, s.feature_z)}
+        if s.is_anomaly:
+            d["features"] = top_features(features, s.values, s.expected, s.feature_z, top_k)
+    d["partition"] = int(s.partition)
+    d["offset"] = int(s.offset)
+    d["type"] = "score"
+    return d
 
 
-def encode_score(s: Score, features: list[str], model_version: str) -> bytes:
+def encode_score(s: Score, features: list[str], model_version: str, top_k: int = 3) -> bytes:
     """Deterministic bytes of a score: same score, same bytes.
 
     >>> s = Score("p1", 0, 0.5, 1.25, False, 0.999, True, np.array([1.0]), np.array([0.75]), 0, 3)
     >>> encode_score(s, ["temp"], "v1")[:60]
     b'{"sensor_id":"p1","ts":"1970-01-01T00:00:00.000Z","ts_ms":0,'
     """
-    return json.dumps(score_dict(s, features, model_version), separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return _dumps(score_dict(s, features, model_version, top_k))
+
+
+def episode_dict(e: EpisodeEvent, model_version: str) -> dict:
+    """The JSON object of an episode event (the team's shared episode schema, anomalies topic)."""
+    d = {
+        "type": "episode",
+        "event": e.event,
+        "kind": e.kind,
+        "sensor_id": e.sensor_id,
+        "episode_id": e.episode_id,
+        "start_ts": format_ts(e.start_ts_ms),
+        "start_ts_ms": int(e.start_ts_ms),
+        "ts": format_ts(e.ts_ms),
+        "ts_ms": int(e.ts_ms),
+        "model_version": model_version,
+    }
+    if e.event == "open":
+        d["score"] = float(e.score)
+        d["surprise"] = float(e.surprise)
+    else:
+        end = e.start_ts_ms if e.end_ts_ms is None else e.end_ts_ms
+        d.update({
+            "end_ts": format_ts(end),
+            "end_ts_ms": int(end),
+            "duration_s": float(e.duration_s),
+            "readings_flagged": int(e.readings_flagged),
+            "peak_score": float(e.peak_score),
+            "peak_surprise": float(e.peak_surprise),
+            "close_reason": e.close_reason,
+        })
+    d["features"] = [{"feature": f["feature"], "actual": float(f["actual"]), "expected": float(f["expected"]),
+                      "z": float(f["z"])} for f in e.features]
+    return d
+
+
+def encode_episode(e: EpisodeEvent, model_version: str) -> bytes:
+    """Deterministic bytes of an episode event: the same event after a restart, the same bytes.
+
+    >>> from worker.core.episodes import EpisodeEvent
+    >>> f = [{"feature": "temp", "actual": 71.0, "expected": 64.0, "z": 5.5}]
+    >>> encode_episode(EpisodeEvent("open", "score", "p1", 0, 0, 0.9999, 4.0, f), "v1")[:65]
+    b'{"type":"episode","event":"open","kind":"score","sensor_id":"p1",'
+    """
+    return _dumps(episode_dict(e, model_version))
+
+
+def _dumps(d: dict) -> bytes:
+    return json.dumps(d, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 def dead_letter_headers(rej: Rejection, source_topic: str) -> list[tuple[str, bytes]]:

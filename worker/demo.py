@@ -5,7 +5,8 @@
 3. streams a simulated fleet with injected anomalies into the readings topic (time stamps
    re-stamped to now, at ``--rate`` readings per second);
 4. runs the worker (``slotwatch run``, a child process) against it;
-5. shows a live view: readings/s, slots in use, lag, the latest anomalies, /metrics address.
+5. shows a live view: readings/s, slots in use, lag, episodes open and closed and the most
+   recent ones (sensor, start, peak, the feature that deviated most), /metrics address.
 
 Ctrl-C (or ``--duration``) stops the stream, the worker (SIGTERM: it checkpoints and
 commits), and the broker, and leaves no process behind.
@@ -103,7 +104,9 @@ class Streamer(threading.Thread):
         seed = 2
         try:
             while not self.stop_event.is_set():
-                df = simulate(self.sensors, 1500, self.features, seed=seed, id_prefix=ID_PREFIX, anomaly_every=300, margin=150)
+                # the same sensors going on (fleet seed 2), new noise and anomalies each round
+                df = simulate(self.sensors, 1500, self.features, seed=seed, fleet_seed=2, start_step=(seed - 2) * 1500,
+                              id_prefix=ID_PREFIX, anomaly_every=300, margin=150 if seed == 2 else 0)
                 seed += 1
                 ids = df["sensor_id"].to_numpy()
                 vals = df[self.features].to_numpy(dtype=float)
@@ -123,8 +126,9 @@ class Streamer(threading.Thread):
             producer.close(timeout=5)
 
 
-class AnomalyTail:
-    """The latest anomalies from the anomalies topic (no consumer group: assign + seek)."""
+class EpisodeTail:
+    """Episodes from the anomalies topic (no consumer group: assign + seek): open and closed counts
+    and the most recent ones (an episode's close message replaces its open message in the list)."""
 
     def __init__(self, settings, keep: int = 8) -> None:
         from kafka import TopicPartition
@@ -135,34 +139,67 @@ class AnomalyTail:
         self.consumer = make_consumer(k, group_id=None, enable_auto_commit=False, auto_offset_reset="latest")
         parts = self.consumer.partitions_for_topic(k.anomalies_topic) or {0}
         self.consumer.assign([TopicPartition(k.anomalies_topic, p) for p in parts])
-        self.latest: collections.deque = collections.deque(maxlen=keep)
-        self.count = 0
+        self.keep = keep
+        self.recent: dict[str, dict] = {}  # episode_id -> its latest message, newest last
+        self.open: set[str] = set()
+        self.opened = 0
+        self.closed = 0
 
     def poll(self) -> None:
         for recs in self.consumer.poll(timeout_ms=50, max_records=500).values():
             for r in recs:
                 try:
-                    self.latest.appendleft(json.loads(r.value))
-                    self.count += 1
-                except ValueError:
+                    self.add(json.loads(r.value))
+                except (ValueError, TypeError, KeyError):
                     pass
+
+    def add(self, msg: dict) -> None:
+        if msg.get("type") != "episode":
+            return  # a per-reading anomaly message (SLOTWATCH_EPISODES__PUBLISH_READINGS)
+        eid = msg["episode_id"]
+        if msg["event"] == "open":
+            self.opened += 1
+            self.open.add(eid)
+        elif eid in self.open or eid not in self.recent:
+            self.closed += 1
+            self.open.discard(eid)
+        self.recent.pop(eid, None)
+        self.recent[eid] = msg
+        while len(self.recent) > self.keep:
+            self.recent.pop(next(iter(self.recent)))
+
+    def rows(self) -> list[str]:
+        out = []
+        for m in reversed(list(self.recent.values())):
+            feats = m.get("features") or [{}]
+            top = feats[0]
+            what = f"{top.get('feature', '?')} {top.get('actual', 0):.4g} vs {top.get('expected', 0):.4g} (z {top.get('z', 0):+.1f})" if top else ""
+            if m["event"] == "open":
+                state, peak, surp = "open", m.get("score", 0), m.get("surprise", 0)
+            else:
+                state = f"closed: {m.get('close_reason')}, {m.get('readings_flagged', 0)} flagged, {m.get('duration_s', 0):.0f} s"
+                peak, surp = m.get("peak_score", 0), m.get("peak_surprise", 0)
+            out.append(f"  {m.get('sensor_id', '?'):<12} {m.get('start_ts', '?'):<25} {peak:.9f} {surp:5.1f}  {what:<34} {state}")
+        return out
 
     def close(self) -> None:
         self.consumer.close()
 
 
-def render(stats: dict, tail: AnomalyTail, metrics_url: str, started: float, plain: bool, streamer: Streamer) -> str:
+def render(stats: dict, tail: EpisodeTail, metrics_url: str, started: float, plain: bool, streamer: Streamer) -> str:
     up = time.monotonic() - started
     line = (f"[{up:5.0f}s] sent {streamer.sent:,}  consumed {stats.get('consumed', 0):,.0f}  "
             f"{stats.get('rate', 0):,.0f} readings/s  slots {stats.get('slots', 0):.0f}/{stats.get('capacity', 0):.0f}  "
-            f"lag {stats.get('lag', 0):,.0f}  anomalies {stats.get('anomalies', 0):,.0f}  "
+            f"lag {stats.get('lag', 0):,.0f}  episodes {stats.get('episodes_open', 0):,.0f} open / "
+            f"{stats.get('episodes_closed', 0):,.0f} closed  (readings flagged {stats.get('anomalies', 0):,.0f})  "
             f"dead letters {stats.get('rejected', 0):,.0f}  ready {'yes' if stats.get('ready') else 'no'}")
     if plain:
         return line
-    rows = [line, "", f"metrics: {metrics_url}", "", "latest anomalies:", "  sensor          time (UTC)                score     error"]
-    for a in tail.latest:
-        rows.append(f"  {a.get('sensor_id', '?'):<15} {a.get('ts', '?'):<25} {a.get('score', 0):.6f}  {a.get('error', 0):7.2f}")
-    if not tail.latest:
+    rows = [line, "", f"metrics: {metrics_url}", "",
+            f"recent episodes (seen here: {tail.opened} opened, {tail.closed} closed):",
+            "  sensor       start (UTC)               peak score  surp.  top feature: actual vs expected    state"]
+    rows += tail.rows()
+    if not tail.recent:
         rows.append("  (none yet: sensors warm up first)")
     rows.append("")
     rows.append("Ctrl-C stops everything.")
@@ -224,7 +261,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"broker {broker.bootstrap} | worker pid {worker.pid}, log {workdir / 'worker.log'} | metrics {metrics_url}", flush=True)
         streamer = Streamer(settings, features, args.sensors, args.rate)
         streamer.start()
-        tail = AnomalyTail(settings)
+        tail = EpisodeTail(settings)
         started = time.monotonic()
         last: tuple[float, float] | None = None
         while True:
@@ -248,7 +285,9 @@ def main(args: argparse.Namespace) -> int:
             last = (now, consumed)
             stats = {"consumed": consumed, "rate": rate, "slots": m.get("slotwatch_slots_in_use", 0),
                      "capacity": m.get("slotwatch_slots_capacity", 0), "lag": m.get("slotwatch_consumer_lag", 0),
-                     "anomalies": m.get("slotwatch_anomalies_total", 0), "rejected": m.get("slotwatch_readings_rejected_total", 0),
+                     "anomalies": m.get("slotwatch_anomalies_total", 0),
+                     "episodes_open": m.get("slotwatch_episodes_open", 0),
+                     "episodes_closed": m.get("slotwatch_episodes_closed_total", 0), "rejected": m.get("slotwatch_readings_rejected_total", 0),
                      "ready": m.get("slotwatch_ready", 0)}
             print(render(stats, tail, metrics_url, started, plain, streamer), flush=True)
             if args.duration and now - started >= args.duration:

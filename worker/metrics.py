@@ -43,7 +43,7 @@ class Metrics:
         self.published = Counter(
             "slotwatch_messages_published_total", "Messages produced, by topic kind.", ["kind"], registry=r
         )
-        for kind in ("score", "anomaly", "dead_letter"):
+        for kind in ("score", "anomaly", "episode", "dead_letter"):
             self.published.labels(kind)
         self.resets = Counter("slotwatch_sensor_resets_total", "Sensor state resets, by cause.", ["cause"], registry=r)
         for cause in ("gap", "request"):
@@ -108,6 +108,48 @@ class Metrics:
             "slotwatch_rewinds_total", "Times an unexpected error made the worker reload its checkpoints and replay "
             "(the failing reading goes to the dead-letter topic as internal_error).", registry=r
         )
+        # issue 9 episodes: alerts as episodes (worker.core.episodes); readings flagged stay in slotwatch_anomalies_total
+        self.episodes_opened = Counter("slotwatch_episodes_opened_total", "Anomaly episodes opened, by kind.", ["kind"], registry=r)
+        self.episodes_closed = Counter(
+            "slotwatch_episodes_closed_total", "Anomaly episodes closed, by kind and close reason.", ["kind", "reason"], registry=r
+        )
+        self.episodes_open = Gauge("slotwatch_episodes_open", "Episodes open now (sensors of this worker), by kind.", ["kind"], registry=r)
+        self.episodes_opened.labels("score")
+        self.episodes_open.labels("score")
+        for reason in ("quiet", "accepted", "reset", "evicted"):
+            self.episodes_closed.labels("score", reason)
+
+        # model handover (issue 15): warm state from the recent-readings ring, live swap of `latest`, shadow check
+        self.handover_warmed = Counter(
+            "slotwatch_handover_sensors_warmed_total",
+            "Sensor states rebuilt under another model version from their recent readings, by cause.", ["cause"], registry=r)
+        for cause in ("restore", "swap"):
+            self.handover_warmed.labels(cause)
+        self.candidates = Counter(
+            "slotwatch_model_candidates_total",
+            "New model versions seen behind the `latest` pointer, by outcome "
+            "(promoted, forced, refused_invalid: does not load or fit, refused_shadow: flag rate out of bounds).",
+            ["outcome"], registry=r)
+        for outcome in ("promoted", "forced", "refused_invalid", "refused_shadow"):
+            self.candidates.labels(outcome)
+        self.candidate_refused = Gauge(
+            "slotwatch_model_candidate_refused",
+            "1 while the version `latest` names was refused (the worker keeps the current model), else 0.", registry=r)
+        self.handover_seconds = Gauge(
+            "slotwatch_model_handover_duration_seconds", "Wall time of the last live handover, load to switch.", registry=r)
+        self.shadow_readings = Gauge(
+            "slotwatch_shadow_readings", "Readings the candidate has scored in shadow (not published) so far.", registry=r)
+        self.shadow_flag_rate = Gauge(
+            "slotwatch_shadow_flag_rate", "Share of shadow readings flagged, by model (current, candidate).", ["model"], registry=r)
+        self.shadow_disagree = Gauge(
+            "slotwatch_shadow_disagreement_ratio", "Share of shadow readings one model flags and the other does not.", registry=r)
+        self.shadow_error = Histogram(
+            "slotwatch_shadow_error", "Reconstruction error (residual units) of shadow readings, by model (current, candidate).",
+            ["model"], buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0), registry=r)
+        for who in ("current", "candidate"):
+            self.shadow_flag_rate.labels(who)
+            self.shadow_error.labels(who)
+
         # silent sensors (issue 16): by kind, never per sensor; the stall gauge per partition (few)
         self.published.labels("episode")
         self.silent_sensors = Gauge(

@@ -3,10 +3,12 @@
 Rows are taken in time order (ties keep file order) and fed to the same
 :class:`~worker.core.detector.SlotDetector` the worker runs, in chunks like Kafka polls.
 One output row per input row: sensor_id, ts, the values, expected values, error, score,
-is_anomaly, warming_up (and label when the input has one; rejected rows carry the reason).
+is_anomaly, warming_up, surprise, episode (the episode events the row caused: ``open``,
+``close:<reason>``, joined by ``;``) (and label when the input has one; rejected rows carry
+the reason).
 
 Silent sensors (``SLOTWATCH_SILENCE__*``) are tracked in stream time exactly as the worker
-does; ``--episodes FILE`` writes their episode messages (JSON lines, the bytes the worker
+does; ``--silent-episodes FILE`` writes their episode messages (JSON lines, the bytes the worker
 publishes on the anomalies topic).  Stream time is per Kafka partition in the worker:
 ``--partitions N`` assigns each sensor the partition Kafka's default partitioner gives its
 key (murmur2 of the sensor id), so that a replay of what went through N partitions gives
@@ -34,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=positive_int, default=2000, help="readings per call, like one Kafka poll (default 2000)")
     p.add_argument("--threshold", type=float, default=None, help="override the artifact's threshold")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (none either when stderr is not a terminal)")
-    p.add_argument("--episodes", type=Path, default=None,
+    p.add_argument("--silent-episodes", type=Path, default=None,
                    help="write the silent-sensor episode messages here (JSON lines, as published by the worker)")
     p.add_argument("--partitions", type=non_negative_int, default=0, metavar="N",
                    help="stream time per partition, as the worker sees the readings topic with N partitions "
@@ -52,11 +54,11 @@ def kafka_partition(sensor_id: str, n_partitions: int) -> int:
     return (murmur2(sensor_id.encode("utf-8")) & 0x7FFFFFFF) % n_partitions
 
 
-def replay_frame(detector, df, features, chunk: int = 2000, progress: bool = False, episodes: list | None = None,
+def replay_frame(detector, df, features, chunk: int = 2000, progress: bool = False, silence_events: list | None = None,
                  partitions: int = 0):
     """Score a frame from :func:`worker.datafile.load_readings`; returns the output frame.
 
-    ``episodes``: a list that receives the silent-sensor events (:class:`worker.core.silence.
+    ``silence_events``: a list that receives the silent-sensor events (:class:`worker.core.silence.
     SilenceEvent`) when the detector tracks silence; ``partitions``: see ``--partitions``.
     """
     import numpy as np
@@ -73,6 +75,8 @@ def replay_frame(detector, df, features, chunk: int = 2000, progress: bool = Fal
     exp = np.full((n, f), np.nan)
     err = np.full(n, np.nan)
     score = np.full(n, np.nan)
+    surp = np.full(n, np.nan)
+    episode = np.full(n, "", dtype=object)
     anom = np.zeros(n, bool)
     warm = np.zeros(n, bool)
     reason = np.full(n, "", dtype=object)
@@ -97,12 +101,15 @@ def replay_frame(detector, df, features, chunk: int = 2000, progress: bool = Fal
             exp[i] = res.expected
             err[i] = res.error
             score[i] = res.score
+            surp[i] = res.surprise
+            if res.episodes:
+                episode[i] = ";".join(e.event if e.event == "open" else f"close:{e.close_reason}" for e in res.episodes)
             anom[i] = res.is_anomaly
             warm[i] = res.warming_up
         if detector.silence is not None:
             got = detector.silence.drain()
-            if episodes is not None:
-                episodes.extend(got)
+            if silence_events is not None:
+                silence_events.extend(got)
         if bar:
             bar.update(stop - start)
     if bar:
@@ -116,6 +123,8 @@ def replay_frame(detector, df, features, chunk: int = 2000, progress: bool = Fal
     out["score"] = score
     out["is_anomaly"] = anom
     out["warming_up"] = warm
+    out["surprise"] = surp
+    out["episode"] = episode
     out["rejected"] = reason
     if "label" in df.columns:
         out["label"] = df["label"].to_numpy()
@@ -157,21 +166,23 @@ def main(args: argparse.Namespace) -> int:
         warmup=settings.model.warmup,
         recent=settings.model.recent_readings,
         silence=tracker_from(settings.silence, a.manifest.training),
+        episodes=settings.episodes.params(),
     )
     from worker.progress import want_progress
 
     events: list = []
-    out = replay_frame(det, df, features, chunk=args.chunk, progress=want_progress(not args.no_progress), episodes=events,
+    out = replay_frame(det, df, features, chunk=args.chunk, progress=want_progress(not args.no_progress),
+                       silence_events=events,
                        partitions=args.partitions)
     write_table(out, args.out)
-    if args.episodes is not None:
-        with open(args.episodes, "wb") as fh:
+    if args.silent_episodes is not None:
+        with open(args.silent_episodes, "wb") as fh:
             for ev in events:
                 fh.write(encode_silence(ev, a.version) + b"\n")
     if events:
         log.info("silent sensors: %d episodes opened, %d closed%s", sum(e.event == "open" for e in events),
-                 sum(e.event == "close" for e in events), f" -> {args.episodes}" if args.episodes else
-                 " (--episodes FILE writes them)")
+                 sum(e.event == "close" for e in events), f" -> {args.silent_episodes}" if args.silent_episodes else
+                 " (--silent-episodes FILE writes them)")
     rejected = int((out["rejected"] != "").sum())
     log.info(
         "replayed %d readings of %d sensors with model %s in %d slots: %d anomalies, %d rejected -> %s",

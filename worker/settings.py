@@ -101,7 +101,11 @@ class ModelSettings(BaseModel):
     max_gap_s: float = Field(3600.0, gt=0, description="A gap longer than this resets the sensor's state and warm-up.")
     threshold: float | None = Field(None, gt=0, lt=1, description="Override the artifact's score threshold (0..1).")
     warmup: int | None = Field(None, ge=0, description="Override the artifact's warm-up length (readings).")
-    recent_readings: int = Field(16, ge=1, description="Readings kept per sensor in state and checkpoints.")
+    recent_readings: int = Field(
+        32, ge=1, description="Readings kept per sensor in state and checkpoints; a new model version rebuilds each sensor's "
+        "state from them (32: the next error within ~1% of a long history's, see benchmarks/handover.py). Checkpoints "
+        "with another length restore (newest kept / padded)."
+    )
     features: list[str] | None = Field(
         None,
         description="Expected feature names, comma-separated (`temp,rpm`) or a JSON list (`[\"temp\",\"rpm\"]`); "
@@ -147,6 +151,33 @@ def parse_name_list(v):
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+class EpisodeSettings(BaseModel):
+    """Alerts as episodes (worker.core.episodes): one message when a sensor starts deviating, one when it stops."""
+
+    quiet_readings: int = Field(
+        20, ge=0, description="An episode closes after this many unflagged readings in a row (0: off; see quiet_s)."
+    )
+    quiet_s: float = Field(
+        0.0, ge=0, description="...or at an unflagged reading this many seconds of stream time after the last flagged one (0: off), whichever first."
+    )
+    publish_readings: bool = Field(
+        False, description="Also publish every flagged reading's score message on the anomalies topic (default: episode messages only)."
+    )
+    top_features: int = Field(3, ge=1, description="Features named (most deviating first) in episode and anomaly messages.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "EpisodeSettings":
+        if self.quiet_readings == 0 and self.quiet_s == 0:
+            raise ValueError("episodes need a quiet period: set SLOTWATCH_EPISODES__QUIET_READINGS or SLOTWATCH_EPISODES__QUIET_S above 0")
+        return self
+
+    def params(self):
+        """The core's :class:`~worker.core.episodes.EpisodeParams` of these settings."""
+        from worker.core.episodes import EpisodeParams
+
+        return EpisodeParams(self.quiet_readings, self.quiet_s, self.top_features)
+
+
 class CheckpointSettings(BaseModel):
     """Durable per-partition state."""
 
@@ -156,9 +187,31 @@ class CheckpointSettings(BaseModel):
     generations: int = Field(3, ge=2, description="Checkpoint generations kept per partition.")
     allow_fresh_start: bool = Field(
         False,
-        description="A partition whose checkpoints are all unusable (corrupt, or of another model version): "
-        "start its sensors fresh from the checkpointed offset instead of refusing to start.",
+        description="A partition whose checkpoints are all corrupt: start its sensors fresh from the committed "
+        "offset instead of refusing to start (a checkpoint of another model version restores warm, see handover).",
     )
+
+
+class HandoverSettings(BaseModel):
+    """Taking over a new model version while running (the `latest` pointer of SLOTWATCH_MODEL__PATH)."""
+
+    live_swap: bool = Field(
+        True, description="Watch the models folder's `latest` pointer (and SIGHUP) and hand the running worker over to a "
+        "new version without a restart."
+    )
+    watch_interval_s: float = Field(10.0, gt=0, description="How often the `latest` pointer is read (seconds).")
+    chunk_sensors: int = Field(
+        4096, gt=0, description="Sensors warmed under the candidate per poll-loop turn (the worker keeps consuming between chunks)."
+    )
+    shadow_readings: int = Field(
+        0, ge=0, description="Readings the warmed candidate scores beside the current model, unpublished, before it is "
+        "promoted (0: promote as soon as every sensor is warmed)."
+    )
+    max_flag_rate_diff: float = Field(
+        0.01, ge=0, le=1, description="Shadow check: promote only if the candidate's share of flagged readings is within "
+        "this of the current model's (absolute, e.g. 0.01 = one percentage point)."
+    )
+    force: bool = Field(False, description="Promote a candidate even when the shadow check fails (it is still scored in shadow and logged).")
 
 
 class SilenceSettings(BaseModel):
@@ -238,6 +291,8 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    handover: HandoverSettings = Field(default_factory=HandoverSettings)
+    episodes: EpisodeSettings = Field(default_factory=EpisodeSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)

@@ -10,7 +10,10 @@ Layout::
     32 bytes                         SHA-256 of everything before it
 
 The arrays are the state table's columns for the partition's sensors (see
-:mod:`worker.state.table`); sensor ids are stored as UTF-8 bytes plus their lengths.
+:mod:`worker.state.table`); string columns (the sensor ids, and each row's model version
+``model_version``, see :mod:`worker.core.handover`) are stored as UTF-8 bytes plus their
+lengths (``<name>.len``, ``<name>.utf8``).  Older checkpoints have no ``model_version``
+column: their rows belong to the header's ``model_version``.
 
 >>> import numpy as np
 >>> cols = {"sensor_id": np.array(["a", "b"], dtype=object), "count": np.array([3, 4])}
@@ -60,14 +63,14 @@ class Checkpoint:
 def encode(ck: Checkpoint) -> bytes:
     arrays: list[tuple[str, np.ndarray]] = []
     for name, arr in ck.columns.items():
-        if name == "sensor_id":
-            raw = [str(s).encode("utf-8") for s in arr]
-            arrays.append(("sensor_id.len", np.array([len(b) for b in raw], dtype=np.int32)))
-            arrays.append(("sensor_id.utf8", np.frombuffer(b"".join(raw), dtype=np.uint8)))
+        a = np.asarray(arr)
+        if name == "sensor_id" or a.dtype == object:
+            if any(not isinstance(s, str) for s in a.tolist()):
+                raise TypeError(f"column {name} has dtype object and holds other things than strings")
+            raw = [s.encode("utf-8") for s in a.tolist()]
+            arrays.append((f"{name}.len", np.array([len(b) for b in raw], dtype=np.int32)))
+            arrays.append((f"{name}.utf8", np.frombuffer(b"".join(raw), dtype=np.uint8)))
         else:
-            a = np.asarray(arr)
-            if a.dtype == object:
-                raise TypeError(f"column {name} has dtype object")
             arrays.append((name, np.ascontiguousarray(a)))
     specs = []
     off = 0
@@ -93,6 +96,19 @@ def encode(ck: Checkpoint) -> bytes:
     return b"".join(parts)
 
 
+def _strings(lens: np.ndarray, buf: bytes) -> np.ndarray:
+    ends = np.cumsum(lens).tolist()
+    starts = [0] + ends[:-1]
+    if buf.isascii():  # byte offsets are character offsets: slice one decoded string
+        text = buf.decode("ascii")
+        ids = [text[a:b] for a, b in zip(starts, ends)]
+    else:
+        ids = [buf[a:b].decode("utf-8") for a, b in zip(starts, ends)]
+    arr = np.empty(len(ids), dtype=object)
+    arr[:] = ids
+    return arr
+
+
 def decode(blob: bytes) -> Checkpoint:
     if len(blob) < len(MAGIC) + 4 + _DIGEST or not blob.startswith(MAGIC):
         raise CorruptCheckpoint("not a slotwatch checkpoint (bad magic or too short)")
@@ -112,19 +128,8 @@ def decode(blob: bytes) -> Checkpoint:
         a = np.frombuffer(data[s["offset"] : s["offset"] + s["nbytes"]], dtype=np.dtype(s["dtype"]))
         raw[s["name"]] = a.reshape(s["shape"])  # read-only views of the blob; importing copies them
     cols: dict[str, np.ndarray] = {}
-    if "sensor_id.len" in raw:
-        lens = raw.pop("sensor_id.len")
-        buf = raw.pop("sensor_id.utf8").tobytes()
-        ends = np.cumsum(lens).tolist()
-        starts = [0] + ends[:-1]
-        if buf.isascii():  # byte offsets are character offsets: slice one decoded string
-            text = buf.decode("ascii")
-            ids = [text[a:b] for a, b in zip(starts, ends)]
-        else:
-            ids = [buf[a:b].decode("utf-8") for a, b in zip(starts, ends)]
-        arr = np.empty(len(ids), dtype=object)
-        arr[:] = ids
-        cols["sensor_id"] = arr
+    for name in [k[: -len(".len")] for k in raw if k.endswith(".len") and k[: -len(".len")] + ".utf8" in raw]:
+        cols[name] = _strings(raw.pop(f"{name}.len"), raw.pop(f"{name}.utf8").tobytes())
     cols.update(raw)
     return Checkpoint(
         partition=int(header["partition"]),

@@ -40,7 +40,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from worker.core.artifact import Artifact
+from worker.core.attribution import surprise
 from worker.core.engine import SlotEngine
+from worker.core.episodes import EpisodeParams, EpisodeTracker
 from worker.core.limits import FLOAT32_MAX, SCALED_LIMIT, sensor_id_problem, ts_problem, values_problem
 from worker.core.readings import TS_MAX_MS, TS_MIN_MS, Reading, Rejection, Score
 from worker.core.router import SlotRouter
@@ -55,6 +57,9 @@ from worker.core.scorer import (
     with_flatline,
 )
 from worker.state.table import NO_TS, StateTable
+
+#: the state-table columns of the silence tracker (worker.core.silence)
+SILENCE_COLUMNS = ("sil_last_ts", "sil_stream_ts", "cad_n", "cad_log", "cad_dev", "sil_due_ts")
 
 _MIN_STD_FRACTION = 1e-3  # an online-learned std never drops below this share of the fleet's
 
@@ -89,6 +94,7 @@ class SlotDetector:
         silence=None,
         max_sensors: int | None = None,
         max_sensor_id_bytes: int = 256,
+        episodes: EpisodeParams | None = None,
     ) -> None:
         m = artifact.manifest
         m.validate()
@@ -121,6 +127,9 @@ class SlotDetector:
         self.engine = SlotEngine(artifact.model.get_weights(), f, m.units, slots, jit_compile=jit_compile)
         self.router = SlotRouter(slots, when_full)
         self.table = StateTable(f, self.engine.state_size, recent)
+        self.episodes = EpisodeTracker.from_params(self.features, episodes, self.table)
+        self.reset_events: list = []  # episode events of the last reset() call
+        self._episode_events: list = []  # closes of evicted sensors' episodes, see drain_episode_events
         self.stats = DetectorStats()
         self._tick_log: list[tuple[float, int]] = []  # (seconds, readings) per tick, see drain_ticks
         self._x = np.zeros((slots, 1, f), np.float32)
@@ -276,6 +285,11 @@ class SlotDetector:
         if len(cand) > k:
             cand = cand[np.argpartition(lt[cand], k - 1)[:k]]
         cand = np.sort(cand)
+        # an open episode of an evicted sensor closes now ("evicted", at its partition's stream time)
+        evict_ts = clock[inv[cand]]
+        for _, e in self.episodes.close(cand, evict_ts, "evicted"):
+            if len(self._episode_events) < 100_000:  # bounded if nobody drains it
+                self._episode_events.append(e)
         for r in cand.tolist():
             sid = table.ids[r]
             self.router.release(sid)
@@ -285,6 +299,11 @@ class SlotDetector:
         table.remove_rows(cand)
         self.stats.evicted_idle += len(cand)
         return len(cand)
+
+    def drain_episode_events(self) -> list:
+        """Episode events that belong to no reading (closes of evicted sensors) since the last call."""
+        ev, self._episode_events = self._episode_events, []
+        return ev
 
     def drain_evicted(self) -> list[tuple[str, int, int]]:
         """(sensor id, partition, last ts ms) of every sensor evicted since the last call."""
@@ -373,7 +392,9 @@ class SlotDetector:
         gap = (count > 0) & (ts - c["last_ts"][rows] > self.max_gap_ms)
         req = np.fromiter((r.reset for r in batch), bool, n)
         need = gap | req
+        events: list = []  # (position in batch, EpisodeEvent)
         if need.any():
+            events = [(int(np.nonzero(need)[0][j]), e) for j, e in self.episodes.close(rows[need], ts[need], "reset")]
             self._reset_rows(rows[need], slots[need])
             self.stats.resets_gap += int(gap.sum())
             self.stats.resets_request += int((req & ~gap).sum())
@@ -414,7 +435,8 @@ class SlotDetector:
         M[slots] = False
         exp_s = expected_all[slots].astype(np.float64)
 
-        err = reading_error(feature_errors(xs, exp_s, self.residual_std))
+        fz = feature_errors(xs, exp_s, self.residual_std)
+        err = reading_error(fz)
         score, anom, warming, em, ev, es = score_step(
             self.params, err, count, warm_n, c["err_mean"][rows], c["err_var"][rows], c["err_short"][rows]
         )
@@ -431,6 +453,9 @@ class SlotDetector:
         c["recent_ts"][rows, pos] = ts
         c["recent_pos"][rows] = (pos + 1) % table.recent
         expected = exp_s * std + mean
+        surp = surprise(1.0 - score)  # the one line to change when the scorer gives its tail probability
+        accepted = np.zeros(n, bool)  # the adaptive scorer's "accepted as the new normal", when it exists
+        events += self.episodes.step(rows, ts, score, surp, anom, accepted, x, expected, fz)
 
         st = self.stats
         if len(self._tick_log) < 100_000:  # bounded if nobody drains it
@@ -440,8 +465,15 @@ class SlotDetector:
         st.anomalies += int(anom.sum())
         thr = self.params.threshold
         # plain Python values in one go: indexing numpy scalars per reading costs more
-        for i, r, sc, e, an, wu, ex in zip(idx, batch, score.tolist(), err.tolist(), anom.tolist(), warming.tolist(), expected):
-            out[i] = Score(r.sensor_id, r.ts_ms, sc, e, an, thr, wu, r.values, ex, r.partition, r.offset, r.label)
+        for i, r, sc, e, an, wu, ex, sp, z in zip(idx, batch, score.tolist(), err.tolist(), anom.tolist(), warming.tolist(),
+                                                 expected, surp.tolist(), fz):
+            out[i] = Score(r.sensor_id, r.ts_ms, sc, e, an, thr, wu, r.values, ex, r.partition, r.offset, r.label, sp, z)
+        for p, event in events:  # in position order: a reset's close comes before this reading's open
+            sc = out[idx[p]]
+            if sc.episodes is None:
+                sc.episodes = [event]
+            else:
+                sc.episodes.append(event)
 
     def _flatline_score(self, rows: np.ndarray, x: np.ndarray, std: np.ndarray) -> np.ndarray:
         """Flatline score of this reading and the ``flat_window`` before it (from the recent ring)."""
@@ -468,11 +500,16 @@ class SlotDetector:
         self.engine.reset(slots)
 
     def reset(self, sensor_id: str) -> bool:
-        """Zero a sensor's state and restart its warm-up now; False if it is unknown."""
+        """Zero a sensor's state and restart its warm-up now; False if it is unknown.
+
+        An open episode closes (reason ``reset``, at the sensor's last reading); the event is in
+        :attr:`reset_events`."""
         row = self.table.index.get(sensor_id)
         if row is None:
             return False
         slot = self.router.slot_of(sensor_id)
+        ts = self.table.cols["last_ts"][row]
+        self.reset_events = [e for _, e in self.episodes.close(np.array([row]), np.array([ts]), "reset")]
         self.table.clear_rows(np.array([row]))
         if slot is not None:
             self.engine.reset(np.array([slot]))
@@ -524,7 +561,9 @@ class SlotDetector:
         self.engine.reset(np.arange(self.slots))
         self.router = SlotRouter(self.slots, self.router.when_full)
         self.table = StateTable(self.n_features, self.engine.state_size, self.table.recent)
+        self.episodes.table = self.table
         self._evicted = []
+        self._episode_events = []
         if self.silence is not None:
             self.silence.reset()
 
@@ -536,6 +575,24 @@ class SlotDetector:
         """After :meth:`import_partition`: rebuild the partition's silence state from its checkpoint."""
         if self.silence is not None:
             self.silence.restore(self.table, partition, (meta or {}).get("silence"))
+
+    def adopt_silence(self, old: "SlotDetector") -> None:
+        """A live model swap (issue 15): take over ``old``'s silence tracker and its per-sensor columns
+        (the candidate's copies stopped when it was warmed; ``old`` tracked every reading since)."""
+        sil = old.silence
+        if sil is None:
+            return
+        self.silence = sil
+        n = old.table.n_rows
+        index = self.table.index
+        pairs = [(r, index[sid]) for r, sid in enumerate(old.table.ids[:n]) if sid in index]
+        if pairs:
+            src = np.fromiter((a for a, _ in pairs), np.int64, len(pairs))
+            dst = np.fromiter((b for _, b in pairs), np.int64, len(pairs))
+            for name in SILENCE_COLUMNS:
+                self.table.cols[name][dst] = old.table.cols[name][src]
+        for p in sorted(set(sil.stream) | set(sil.heaps)):
+            sil.restore(self.table, p, sil.export_meta(p))  # heaps rebuilt over this table, same open episodes
 
     def silence_evicted(self, rows: np.ndarray) -> None:
         """Call before dropping rows of sensors for good (a sensor cap's eviction): the silence

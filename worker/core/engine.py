@@ -56,6 +56,21 @@ class SlotEngine:
                 v.assign(tf.where(keep, v, o))
             return expected
 
+        def _warm(x, mask):
+            # every slot from zero through a whole ring (oldest first) in one call; the live
+            # states are put back afterwards, so this may run between ticks of live sensors
+            old = [tf.identity(v) for v in state_vars]
+            for v in state_vars:
+                v.assign(tf.zeros_like(v))
+            steps = tf.shape(x)[1]
+            exps = tf.TensorArray(tf.float32, size=steps)
+            for t in tf.range(steps):
+                exps = exps.write(t, _step(x[:, t : t + 1, :], mask[:, t]))
+            final = tf.concat([tf.identity(v) for v in state_vars], axis=1)
+            for v, o in zip(state_vars, old):
+                v.assign(o)
+            return final, tf.transpose(exps.stack(), [1, 0, 2])
+
         def _read(slot_idx):
             return tf.concat([tf.gather(v, slot_idx) for v in state_vars], axis=1)
 
@@ -74,6 +89,9 @@ class SlotEngine:
         self._step = tf.function(_step, jit_compile=jit_compile).get_concrete_function(spec_x, spec_m)
         self._read = tf.function(_read).get_concrete_function(spec_i)
         self._write = tf.function(_write).get_concrete_function(spec_i, spec_v)
+        self._warm_fn = tf.function(_warm, jit_compile=jit_compile)
+        self._warm_specs = (tf.TensorSpec((slots, None, n_features), tf.float32), tf.TensorSpec((slots, None), tf.bool))
+        self._warm = None  # traced on first use (a handover), see warm()
         self._const = tf.constant
         # compile now, not on the first reading: XLA compiles on first call (~0.3 s here)
         self._step(self._const(np.zeros((slots, 1, n_features), np.float32)), self._const(np.zeros(slots, bool)))
@@ -83,6 +101,18 @@ class SlotEngine:
     def step(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Advance the masked slots by one reading each; returns expected values (B, F), before the step."""
         return self._step(self._const(x), self._const(mask)).numpy()
+
+    def warm(self, x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Step every slot from zero state through ``x`` (B, R, F), readings where ``mask`` (B, R).
+
+        Returns the final states (B, state_size) and the expected values before each step
+        (B, R, F), as ``step`` would have given them one at a time.  The slots' current
+        states are left as they were.
+        """
+        if self._warm is None:
+            self._warm = self._warm_fn.get_concrete_function(*self._warm_specs)
+        final, expected = self._warm(self._const(np.asarray(x, np.float32)), self._const(np.asarray(mask, bool)))
+        return final.numpy(), expected.numpy()
 
     def read_state(self, slots: np.ndarray) -> np.ndarray:
         """State of the given slots, shape (n, state_size)."""

@@ -66,6 +66,10 @@ class Score:
     partition: int = -1
     offset: int = -1
     label: int | None = None
+    # issue 9 episodes: how surprising the score is, per-feature deviation, episode events
+    surprise: float = 0.0  # -log10 of the tail probability (worker.core.attribution.surprise)
+    feature_z: np.ndarray | None = None  # per feature: (actual - expected) in typical residuals
+    episodes: list | None = None  # EpisodeEvents this reading opened or closed (worker.core.episodes)
 
 
 @dataclass(slots=True)

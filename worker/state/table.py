@@ -37,6 +37,17 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "recent": ("float32", "RF"),  # ring of recent readings (raw values)
     "recent_ts": ("int64", "R"),
     "recent_pos": ("int32", ""),  # next write position in the ring
+    # issue 9 episodes (worker.core.episodes): the sensor's open episode, if any
+    "ep_start_ts": ("int64", ""),  # ms of its first flagged reading; NO_TS: no episode open
+    "ep_last_ts": ("int64", ""),  # ms of its last flagged reading
+    "ep_quiet": ("int64", ""),  # unflagged readings since then
+    "ep_flagged": ("int64", ""),  # flagged readings in the episode
+    "ep_peak_score": ("float64", ""),  # the peak (largest surprise) reading ...
+    "ep_peak_surprise": ("float64", ""),
+    "ep_peak_ts": ("int64", ""),
+    "ep_peak_actual": ("float64", "F"),  # ... its values, expected values and per-feature z
+    "ep_peak_expected": ("float64", "F"),
+    "ep_peak_z": ("float64", "F"),
     # silent sensors (issue 16, worker.core.silence): cadence and last-seen times, kept out of
     # clear_rows so that a reset does not forget how often a sensor reports
     "sil_last_ts": ("int64", ""),  # ms of the sensor's last reading the silence tracker saw
@@ -61,6 +72,13 @@ IMPORT_DEFAULTS = {
     "cad_dev": lambda data: 0.0,
     "sil_due_ts": lambda data: NEVER_TS,  # an older checkpoint's sensors are not reported silent before they report again
     "sil_heap_ts": lambda data: NEVER_TS,
+}
+
+#: columns an older checkpoint may lack, and the value its sensors get on import (others: 0)
+COLUMN_DEFAULTS: dict[str, int | float] = {
+    "ep_start_ts": NO_TS,  # no episode open
+    **{name: 0 for name in ("ep_last_ts", "ep_quiet", "ep_flagged", "ep_peak_score", "ep_peak_surprise", "ep_peak_ts",
+                            "ep_peak_actual", "ep_peak_expected", "ep_peak_z")},
 }
 
 
@@ -151,6 +169,7 @@ class StateTable:
         c["slot"][rows] = -1
         c["partition"][rows] = partition
         c["last_offset"][rows] = -1
+        c["ep_start_ts"][rows] = NO_TS
 
     def clear_rows(self, rows: np.ndarray) -> None:
         """Restart rows' sequences: zero state and warm-up, forget time and errors (keeps scaling, offsets)."""
@@ -184,10 +203,16 @@ class StateTable:
         if len(new):
             rows[new] = self.add_many([ids[i] for i in new])
         for name, (_, kind) in COLUMNS.items():
-            arr = data[name] if name in data and name not in TRANSIENT or name not in IMPORT_DEFAULTS else IMPORT_DEFAULTS[name](data)
-            if np.ndim(arr) == 0:
-                arr = np.full(len(ids), arr)
             want = self._shape(kind, len(ids))
+            arr = data.get(name)
+            if name in TRANSIENT or (arr is None and name in IMPORT_DEFAULTS):  # issue 16's columns
+                arr = IMPORT_DEFAULTS[name](data)
+                if np.ndim(arr) == 0:
+                    arr = np.full(want, arr, dtype=self.cols[name].dtype)
+            elif arr is None and name in COLUMN_DEFAULTS:  # a checkpoint written before the column existed
+                arr = np.full(want, COLUMN_DEFAULTS[name], dtype=self.cols[name].dtype)
+            elif arr is None:
+                raise KeyError(f"column {name} missing")
             if arr.shape != want:
                 raise ValueError(f"column {name} has shape {arr.shape}, expected {want}")
             self.cols[name][rows] = arr
