@@ -278,3 +278,22 @@ def test_the_sensor_cap_evicts_a_silent_sensor_it_stays_silent_and_is_counted(ar
     assert det.stats.evicted_idle == 2 and "s5" not in det.table.index
     assert [(e.event, e.sensor_id, e.close_reason, e.start_ts_ms) for e in ev] == [("close", "s1", "returned", 9 * MIN)]
     assert det.silence.silent_count == 1  # s5, evicted while silent
+
+
+def test_a_live_model_swap_hands_the_tracker_over_with_the_same_episodes(art1):
+    """Issue 15's live swap: the candidate was warmed earlier and has stale copies of the silence
+    columns; adopt_silence takes the tracker and the current columns, episodes go on unchanged."""
+    from worker.core.handover import hand_over
+
+    rs = fleet_readings(10, 200, stop={"s4": (60, 150), "s6": (95, 200)}, partition=0)
+    ref = run(SlotDetector(art1, slots=4, silence=tracker()), rs, chunk=30)
+    cut = next(i for i, r in enumerate(rs) if r.ts_ms >= 97 * MIN)
+    old = SlotDetector(art1, slots=4, silence=tracker())
+    before = run(old, rs[: cut // 2], chunk=30)
+    cand = SlotDetector(art1, slots=4)
+    hand_over(old, cand)  # warmed early: its silence columns are those of this moment
+    before += run(old, rs[cut // 2 : cut], chunk=30)
+    cand.adopt_silence(old)
+    assert cand.silence is old.silence and cand.silence.silent_count == 1
+    after = run(cand, rs[cut:], chunk=30)
+    assert before + after == ref
