@@ -44,7 +44,7 @@ def _msgs(rows):
 
 def _episodes(kafka_broker, topic, expect):
     recs = kafka_broker.read_all(topic, expect=expect, idle=3.0)
-    return [r.value for r in recs if json.loads(r.value).get("type") == "episode"]
+    return [r.value for r in recs if json.loads(r.value).get("kind") == "silent"]  # score episodes share the topic
 
 
 def _stall(port: int) -> dict[str, float]:
