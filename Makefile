@@ -27,7 +27,7 @@ test-fast: $(STAMP)  ## the tests that need no broker
 demo: $(STAMP)  ## local broker + simulated fleet + worker + live view (Ctrl-C stops)
 	$(BIN)/slotwatch demo $(ARGS)
 
-bench: $(STAMP)  ## run the benchmarks, write benchmarks/results/
+bench: $(STAMP)  ## run the benchmarks, write bench-results/ (untracked); ARGS="--quick", ARGS="--results benchmarks/results" to commit them
 	$(BIN)/python -m benchmarks $(ARGS)
 
 clean:  ## remove .venv, out/, demo-data/ and caches (not the broker binary in ~/.calfkit/bin)

@@ -8,10 +8,13 @@ Suites (each also runs alone as ``python -m benchmarks.<suite>``):
 * ``training`` ``slotwatch train`` on 1,000,000 readings
 * ``quality``  detection quality vs. two baselines (when the training package provides it)
 * ``episodes`` alert load: episodes per 100 sensor-hours on a healthy fleet
+* ``clients``  kafka-python with/without crc32c vs. confluent-kafka; json vs. orjson/msgspec
 * ``silence``  silent sensors: what the check costs at 100k sensors, how soon it reports
 
-Writes ``benchmarks/results/<machine>-<date>.json`` (every suite, the machine, versions and
-settings), ``<machine>-<date>.md`` (the summary) and ``<machine>-<date>.png`` (a chart).
+Writes ``<results>/<machine>-<date>.json`` (every suite, the machine, versions and settings),
+``<machine>-<date>.md`` (the summary) and ``<machine>-<date>.png`` (a chart).
+``<results>`` is the untracked ``bench-results/`` unless ``--results DIR``
+says otherwise: ``--results benchmarks/results`` is how a run is meant for committing.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ import json
 import time
 import traceback
 
-from benchmarks.common import RESULTS, machine, machine_tag
+from benchmarks.common import add_results_option, machine, machine_tag, results_dir
 
-SUITES = ["engine", "e2e", "state", "training", "quality", "episodes", "silence"]
+SUITES = ["engine", "e2e", "state", "training", "quality", "episodes", "clients", "silence"]
 
 
 def _run_suite(name: str, quick: bool) -> tuple[dict | None, str]:
@@ -73,9 +76,10 @@ def chart(summary: dict, path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description="Run slotwatch's benchmarks and write benchmarks/results/.")
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description="Run slotwatch's benchmarks and write their results (default: the untracked bench-results/).")
     p.add_argument("--only", default=",".join(SUITES), help=f"comma-separated suites (default all: {','.join(SUITES)})")
     p.add_argument("--quick", action="store_true", help="smaller sizes, a few minutes in all")
+    add_results_option(p)
     args = p.parse_args(argv)
     from worker.runtime import tune_gc
 
@@ -108,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         md.append(text)
         print(text, flush=True)
     date = time.strftime("%Y-%m-%d", time.gmtime())
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    base = RESULTS / f"{machine_tag()}-{date}"
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    base = out / f"{machine_tag()}-{date}"
     base.with_suffix(".json").write_text(json.dumps({"machine": machine(), "quick": args.quick, "suites": summary}, indent=2, default=float))
     base.with_suffix(".md").write_text("\n".join(md))
     chart(summary, base.with_suffix(".png"))

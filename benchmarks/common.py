@@ -1,7 +1,10 @@
 """What every benchmark shares: the machine's description, timing, and writing results.
 
-Results go to ``benchmarks/results/<machine>-<date>[-<suite>].json`` (plus ``.md`` and
-``.png`` where a suite draws one).  Each JSON records the machine (cores, CPU model,
+Results go to ``<results>/<machine>-<date>[-<suite>].json`` (plus ``.md`` and ``.png``
+where a suite draws one).  ``<results>`` is :func:`results_dir`: the untracked
+``bench-results/`` at the top of the checkout unless ``--results DIR`` (every suite's
+command line) or ``SLOTWATCH_BENCH_RESULTS`` names another folder; committing a run is
+explicit: ``--results benchmarks/results``.  Each JSON records the machine (cores, CPU model,
 memory), the versions of Python/TensorFlow/Keras/numpy, and the settings of the run, so a
 figure is never read without knowing where it came from.  Every speed figure is measured
 next to its baseline in the same run: compare ratios across machines, not absolutes.
@@ -9,6 +12,7 @@ next to its baseline in the same run: compare ratios across machines, not absolu
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -17,7 +21,47 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RESULTS = ROOT / "bench-results"  # untracked (.gitignore): a run never rewrites committed reports
+COMMITTED_RESULTS = ROOT / "benchmarks" / "results"  # what is committed, written only when asked for
+RESULTS = DEFAULT_RESULTS  # kept for old imports; use results_dir(), which honours --results
+ENV = "SLOTWATCH_BENCH_RESULTS"
+
+
+def results_dir() -> Path:
+    """Where this run's results go: ``$SLOTWATCH_BENCH_RESULTS`` (set by ``--results``), else
+    ``bench-results/``.  A relative folder is taken from the current directory.
+
+    >>> import os; old = os.environ.pop(ENV, None)
+    >>> results_dir() == DEFAULT_RESULTS
+    True
+    >>> set_results_dir("benchmarks/results") == Path.cwd() / "benchmarks" / "results"
+    True
+    >>> results_dir() == Path.cwd() / "benchmarks" / "results"
+    True
+    >>> _ = os.environ.pop(ENV); _ = old is not None and os.environ.update({ENV: old})
+    """
+    env = os.environ.get(ENV, "").strip()
+    return Path(env).expanduser().resolve() if env else DEFAULT_RESULTS
+
+
+def set_results_dir(path: str | os.PathLike) -> Path:
+    """Send this process's results (and the suites it starts as subprocesses) to ``path``."""
+    p = Path(path).expanduser().resolve()
+    os.environ[ENV] = str(p)
+    return p
+
+
+class _ResultsAction(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, set_results_dir(values))
+
+
+def add_results_option(p: argparse.ArgumentParser) -> None:
+    """``--results DIR`` on a suite's command line (applied while the arguments are parsed)."""
+    p.add_argument("--results", metavar="DIR", action=_ResultsAction, default=None,
+                   help=f"folder for the results (default: ${ENV} or the untracked bench-results/; "
+                        "'--results benchmarks/results' writes the committed reports)")
 
 
 def cpu_model() -> str:
@@ -68,9 +112,10 @@ def machine_tag() -> str:
 
 
 def result_path(suite: str, ext: str = "json") -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    d = results_dir()
+    d.mkdir(parents=True, exist_ok=True)
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    return RESULTS / f"{machine_tag()}-{date}-{suite}.{ext}"
+    return d / f"{machine_tag()}-{date}-{suite}.{ext}"
 
 
 def write_results(suite: str, data: dict) -> Path:

@@ -373,6 +373,9 @@ def report(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__.split("\n\n")[0])
+    from benchmarks.common import add_results_option
+
+    add_results_option(p)
     p.add_argument("--readings", type=int, default=1_000_000, help="readings to send (default 1,000,000)")
     p.add_argument("--sensors", type=int, default=10_000, help="distinct sensors (default 10,000)")
     p.add_argument("--latency-seconds", type=float, default=20.0, help="length of the latency run (default 20 s)")

@@ -204,6 +204,9 @@ def report(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.engine", description=__doc__.split("\n\n")[0])
+    from benchmarks.common import add_results_option
+
+    add_results_option(p)
     p.add_argument("--quick", action="store_true", help="a smaller grid (B up to 1024, units 64)")
     args = p.parse_args(argv)
     res = run(quick=args.quick)

@@ -15,7 +15,7 @@ first: 32 sensors x 4,000 readings, seed 1, 12 epochs, a few minutes on 2 cores)
    the episode tracker alone with other quiet periods, to show what that setting buys.
 
 Target (issue 9): fewer than 1 episode per 100 sensor-hours.  Writes
-``benchmarks/results/<machine>-<date>-episodes.{json,md}``.
+``<results>/<machine>-<date>-episodes.{json,md}`` (``--results``, default ``bench-results/``).
 """
 
 from __future__ import annotations
@@ -228,6 +228,9 @@ def report(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.episodes", description=__doc__.splitlines()[0])
+    from benchmarks.common import add_results_option
+
+    add_results_option(p)
     p.add_argument("--model", type=Path, default=None,
                    help="artifact (or models folder); default demo-data/models if present, else train the demo's model")
     p.add_argument("--sensors", type=int, default=200, help="sensors of the healthy fleet (default 200, the demo's)")

@@ -14,7 +14,7 @@ as a child process (``python -m worker.cli run``), as in production.  Scenarios:
 For every stream scenario: readings lost (never scored), double-applied (a sensor whose final
 state or reading count differs from an uninterrupted in-process run), duplicates whose bytes
 differ, scores that differ from the uninterrupted run, and crashes (the worker exiting on its
-own).  Results: ``benchmarks/results/<machine>-<date>-faults.json`` and ``.md``.
+own).  Results: ``<results>/<machine>-<date>-faults.json`` (``--results``, default ``bench-results/``) and ``.md``.
 
 The tmpfs needs root (``mount -t tmpfs``); without it the disk scenario is reported as skipped.
 """
@@ -438,6 +438,9 @@ def report(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.faults", description=__doc__.split("\n\n")[0])
+    from benchmarks.common import add_results_option
+
+    add_results_option(ap)
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--sensors", type=int, default=200)
     ap.add_argument("--steps", type=int, default=300)

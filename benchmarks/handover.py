@@ -215,6 +215,9 @@ def report(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.handover", description=__doc__.split("\n")[0])
+    from benchmarks.common import add_results_option
+
+    add_results_option(p)
     p.add_argument("--sensors", type=int, default=100_000)
     p.add_argument("--ring", type=int, default=16)
     p.add_argument("--quick", action="store_true")

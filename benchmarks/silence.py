@@ -9,8 +9,9 @@
   dropout window must open one episode, none elsewhere, and it must be published within
   ``multiple`` x the sensor's typical interval (widened by its spread) plus one poll.
 
-Run: ``python -m benchmarks.silence [--quick]``; writes
-``benchmarks/results/<machine>-<date>-silence.{json,md}``.
+Run: ``python -m benchmarks.silence [--quick] [--results DIR]``; writes
+``<results>/<machine>-<date>-silence.{json,md}`` (default ``bench-results/``; the committed
+run is in ``benchmarks/results/``).
 """
 
 from __future__ import annotations
@@ -218,6 +219,9 @@ def report(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.silence", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer ticks and a smaller fleet")
+    from benchmarks.common import add_results_option
+
+    add_results_option(p)
     args = p.parse_args(argv)
     res = run(quick=args.quick)
     finish("silence", res, report(res))

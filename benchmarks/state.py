@@ -157,6 +157,9 @@ def report(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.state", description=__doc__.split("\n\n")[0])
+    from benchmarks.common import add_results_option
+
+    add_results_option(p)
     p.add_argument("--quick", action="store_true", help="10k and 100k sensors only")
     args = p.parse_args(argv)
     res = run(quick=args.quick)

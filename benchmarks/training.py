@@ -71,6 +71,9 @@ def report(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.training", description=__doc__.split("\n\n")[0])
+    from benchmarks.common import add_results_option
+
+    add_results_option(p)
     p.add_argument("--sensors", type=int, default=250)
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--epochs", type=int, default=3, help="fixed epochs (early stopping off)")

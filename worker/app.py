@@ -93,6 +93,7 @@ class Worker:
             warmup=s.model.warmup,
             recent=s.model.recent_readings,
             silence=tracker_from(s.silence, mf.training),
+            scoring=s.scoring,
             episodes=s.episodes.params(),
             max_sensors=s.limits.max_sensors,
             max_sensor_id_bytes=s.limits.max_sensor_id_bytes,

@@ -166,6 +166,7 @@ def main(args: argparse.Namespace) -> int:
         warmup=settings.model.warmup,
         recent=settings.model.recent_readings,
         silence=tracker_from(settings.silence, a.manifest.training),
+        scoring=settings.scoring,
         episodes=settings.episodes.params(),
     )
     from worker.progress import want_progress
