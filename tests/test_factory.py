@@ -19,6 +19,7 @@ def _settings(model_path, ckpt) -> Settings:
         scoring=dict(accept_after=77, level=False, move_window=300, flat_min_run=6, flat_p_max=0.8),
         episodes=dict(quiet_readings=9, quiet_s=30.0, top_features=1),
         limits=dict(max_sensors=500, max_sensor_id_bytes=40),
+        silence=dict(multiple=5.0, min_intervals=3),
         checkpoint=dict(dir=str(ckpt)),
     )
 
@@ -28,7 +29,12 @@ def params(det) -> dict:
     return dict(slots=det.slots, when_full=det.router.when_full, max_gap_ms=det.max_gap_ms, scorer=det.params,
                 adapt=det.adapt, level_on=det._level_on, flat_on=det._flat_on, episodes=det.episodes.params,
                 recent=det.table.recent, max_sensors=det.max_sensors, max_sensor_id_bytes=det.max_sensor_id_bytes,
-                model_version=det.model_version)
+                model_version=det.model_version, silence=_silence(det.silence))
+
+
+def _silence(t):
+    return None if t is None else (type(t).__name__, t.multiple, t.floor_s, t.spread_weight, t.min_intervals,
+                                   t.last_seen_size, t.alpha, t.seeds)
 
 
 def test_worker_replay_evaluate_and_skab_build_equal_detectors(artifact_1f, tmp_path):
@@ -48,6 +54,7 @@ def test_worker_replay_evaluate_and_skab_build_equal_detectors(artifact_1f, tmp_
     assert worker["level_on"] is False and worker["adapt"].level_scale == 0.0
     assert (worker["episodes"].quiet_readings, worker["episodes"].quiet_s, worker["episodes"].top_features) == (9, 30.0, 1)
     assert (worker["max_sensors"], worker["max_sensor_id_bytes"]) == (500, 40)
+    assert worker["silence"][1] == 5.0 and worker["silence"][4] == 3
 
     assert params(replay_detector(a, s)) == worker
     df = pd.DataFrame({"sensor_id": ["s1"] * 20, "ts_ms": np.arange(20) * 1000,

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 from worker.core.detector import SlotDetector
 from worker.core.episodes import EpisodeParams
+from worker.core.silence import tracker_from
 
 
-def detector_kwargs(settings, **overrides) -> dict:
-    """The :class:`~worker.core.detector.SlotDetector` keyword arguments of ``settings``; ``overrides`` win."""
+def detector_kwargs(settings, training: dict | None = None, **overrides) -> dict:
+    """The :class:`~worker.core.detector.SlotDetector` keyword arguments of ``settings``; ``overrides`` win.
+
+    ``training``: the artifact manifest's training summary (seeds the silence tracker's cadences)."""
     m, ep = settings.model, settings.episodes
     limits = getattr(settings, "limits", None)
     kw = dict(
@@ -37,10 +40,13 @@ def detector_kwargs(settings, **overrides) -> dict:
     )
     if limits is not None:
         kw.update(max_sensors=limits.max_sensors, max_sensor_id_bytes=limits.max_sensor_id_bytes)
+    silence = getattr(settings, "silence", None)
+    if silence is not None:  # a new tracker per detector: it holds state
+        kw["silence"] = tracker_from(silence, training)
     kw.update(overrides)
     return kw
 
 
 def detector_from_settings(artifact, settings, **overrides):
     """The detector the worker runs for ``artifact`` under ``settings`` (``overrides``: e.g. ``slots``, ``threshold``)."""
-    return SlotDetector(artifact, **detector_kwargs(settings, **overrides))
+    return SlotDetector(artifact, **detector_kwargs(settings, artifact.manifest.training, **overrides))
