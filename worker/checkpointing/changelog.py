@@ -17,7 +17,7 @@ sensors of readings partition N).  A checkpoint round writes, per partition:
 Every record carries headers ``slotwatch.partition``, ``slotwatch.offset`` and
 ``slotwatch.model_version``.  ``slotwatch.offset`` is the source position the record
 reflects: the round's next offset, i.e. the row holds every reading of its partition
-*below* it and none at or beyond it.  (The row's own ``last_offset`` column, the offset of
+*below* it and none at or beyond it.  The ``slot`` column is written as -1 (see :data:`UNPLACED`).  (The row's own ``last_offset`` column, the offset of
 the sensor's last reading, is in the value.)
 
 Restore (:func:`fold`): given the records of a changelog partition in log order and the
@@ -68,6 +68,9 @@ H_PARTITION = "slotwatch.partition"
 H_OFFSET = "slotwatch.offset"
 H_VERSION = "slotwatch.model_version"
 _DIGEST = 8
+#: columns written as -1: a slot is the writing worker's placement, which changes without a
+#: reading (paging) and means nothing to the worker that restores; restored sensors start paged out
+UNPLACED = ("slot",)
 _HEAD = len(MAGIC) + _DIGEST
 _U32 = struct.Struct("<I")
 
@@ -174,7 +177,7 @@ def encode_rows(columns: dict[str, np.ndarray], rows: np.ndarray) -> tuple[Schem
     rows = np.asarray(rows, dtype=np.int64)
     packed = np.empty(len(rows), dtype=schema.dtype)
     for name, _, _ in schema.numeric:
-        packed[name] = np.asarray(columns[name])[rows]
+        packed[name] = -1 if name in UNPLACED else np.asarray(columns[name])[rows]
     buf = packed.tobytes()
     size = schema.dtype.itemsize
     head = MAGIC + schema.digest
