@@ -180,3 +180,81 @@ def make_restore_consumer(bootstrap_or_settings, **overrides):
                fetch_max_wait_ms=50)
     cfg.update(overrides)
     return KafkaConsumer(**cfg)
+
+
+class ChangelogStore:
+    """The worker's state changelog: what a checkpoint round writes, and restores on assignment.
+
+    Per partition it remembers which sensors (at which ``last_offset``) the changelog holds,
+    so a round writes only the rows changed since (plus tombstones and the marker).  The
+    worker calls :meth:`prepare` on the consumer thread (with the export it takes anyway),
+    :meth:`write` where it writes checkpoint files (the writer thread; raises when a record
+    is not acknowledged, so the round's offsets are not committed), :meth:`restore` on
+    assignment and :meth:`forget` when a partition leaves.
+    """
+
+    def __init__(self, kafka_settings, producer, topic: str, metrics=None, stall_s: float = 30.0,
+                 timeout_s: float = 60.0) -> None:
+        self.kafka = kafka_settings
+        self.producer = producer
+        self.topic = topic
+        self.metrics = metrics
+        self.stall_s = stall_s
+        self.timeout_s = timeout_s
+        self.writer = ChangelogWriter(producer, topic)
+        self.written: dict[int, dict[str, int]] = {}
+
+    def prepare(self, partition: int, columns, next_offset: int, model_version: str):
+        """This round's records of ``partition`` (``columns``: its export, with the ``model_version`` column)."""
+        from worker.checkpointing import changelog as cl
+
+        known = self.written.setdefault(partition, {})
+        rows = cl.select_changed(columns, known)
+        removed = cl.removed_ids(columns, known)
+        recs = cl.encode_round(partition, next_offset, columns, rows, model_version, removed)
+        return partition, recs, columns, rows, removed
+
+    def write(self, rounds, timeout_s: float | None = None) -> int:
+        """Produce every prepared round, wait for all acknowledgements; returns the bytes written."""
+        from worker.checkpointing import changelog as cl
+
+        futures, total, n = [], 0, 0
+        for partition, recs, _, _, _ in rounds:
+            futures += self.writer.send(partition, recs)
+            total += sum(len(r.key) + len(r.value or b"") for r in recs)
+            n += len(recs)
+        self.writer.wait(futures, self.timeout_s if timeout_s is None else timeout_s)
+        for partition, _, columns, rows, removed in rounds:
+            cl.note_written(self.written.setdefault(partition, {}), columns, rows, removed)
+        if self.metrics is not None:
+            self.metrics.changelog_records.inc(n)
+            self.metrics.changelog_bytes.inc(total)
+        return total
+
+    def restore(self, partition: int, committed: int) -> Restored:
+        """The partition's sensors as of readings offset ``committed`` (see :func:`restore_partition`)."""
+        m = self.metrics
+        gauge = m.changelog_restore_progress.labels(str(partition)) if m is not None else None
+
+        def progress(pos: int, end: int) -> None:
+            if gauge is not None:
+                gauge.set(pos / end if end else 1.0)
+
+        if gauge is not None:
+            gauge.set(0.0)
+        t0 = time.perf_counter()
+        consumer = make_restore_consumer(self.kafka)
+        try:
+            res = restore_partition(consumer, self.producer, self.topic, partition, committed, stall_s=self.stall_s,
+                                    progress=progress)
+        finally:
+            consumer.close()
+        self.written[partition] = dict(res.written)
+        if m is not None:
+            m.changelog_restore_seconds.observe(time.perf_counter() - t0)
+            m.changelog_restored.inc(res.n_sensors)
+            gauge.set(1.0)
+        return res
+
+    def forget(self, partition: int) -> None:
+        self.written.pop(partition, None)
