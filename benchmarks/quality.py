@@ -1,6 +1,9 @@
 """Detection quality: slotwatch vs. a rolling z-score and an LSTM autoencoder, on fleets training never saw.
 
-One command: ``python -m benchmarks.quality`` (``--quick`` for a smaller run).
+One command: ``python -m benchmarks.quality`` (``--quick`` for a smaller run).  It first runs
+the SKAB real-data benchmark (:mod:`benchmarks.skab`; ``--skab PATH``, default
+``../shared/data/skab`` beside the repository, skipped with a message when absent;
+``--skab-only``, ``--no-skab``).
 
 1. Simulate a training fleet (``slotwatch simulate``, seed 1) and train a model on it
    (``slotwatch train`` defaults).
@@ -38,7 +41,7 @@ FEATURES = ["temp", "rpm", "vib"]
 
 
 def run(quick: bool = False, progress: bool = True, keep_reports: bool = True, seeds: tuple[int, int, int] = (1, 2, 3),
-        baselines: bool = True) -> dict:
+        baselines: bool = True, keep: Path | None = None) -> dict:
     """Train on fleet ``seeds[0]``; test on a new fleet ``seeds[1]`` and on the same fleet later (``seeds[2]``)."""
     from training.baselines import Baselines
     from training.evaluate import evaluate
@@ -86,6 +89,11 @@ def run(quick: bool = False, progress: bool = True, keep_reports: bool = True, s
         from worker.core import artifact as art
 
         manifest = art.load(model).manifest
+        later = tests["same fleet, later"]
+        shift = lasting_shift(model, later.assign(ts_ms=later["ts"]), FEATURES)  # simulate() gives ts in epoch ms
+        if keep is not None:  # the model and the test sets, to compare scorers on them later
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(d, keep, ignore=shutil.ignore_patterns("reports"))
     new = results["new fleet"]["detectors"]
     ours = new["slotwatch"]
     best_baseline = max([v["window_f1"] for k, v in new.items() if k != "slotwatch"] or [0.0])
@@ -98,6 +106,7 @@ def run(quick: bool = False, progress: bool = True, keep_reports: bool = True, s
         },
         "seconds": {"train": round(train_s, 1), "baselines_fit": round(baseline_fit_s, 1), "total": round(time.perf_counter() - t0, 1)},
         "results": results,
+        "lasting_shift": shift,
         "targets": {
             "window_f1_new_fleet": {"target": 0.9, "measured": ours["window_f1"], "met": ours["window_f1"] >= 0.9},
             "f1_vs_best_baseline": {"target": 1.0, "measured": ours["window_f1"] / max(best_baseline, 1e-9),
@@ -106,6 +115,53 @@ def run(quick: bool = False, progress: bool = True, keep_reports: bool = True, s
         "bar_met": bool(ours["window_f1"] >= 0.9 and ours["median_delay"] is not None and ours["median_delay"] <= 5
                         and ours["window_f1"] > best_baseline),
     }
+
+
+def lasting_shift(model, df, features: list[str], shift_std: float = 4.0, at: int = 1000, settings=None) -> dict:
+    """A lasting level shift on every normal sensor of ``df``: how soon it is flagged, and when it is accepted.
+
+    Each sensor's readings (label 0 only, the labeled anomalies dropped) get ``shift_std`` of
+    its own standard deviation added to its first feature from reading ``at`` on, for good.
+    Returns the median delay of the first flag (readings), the share of sensors flagged at
+    the shift's first reading, the readings from the shift to acceptance (median, max) and the
+    horizon, and the flags in the last 500 readings (after acceptance they should be gone).
+    """
+    import numpy as np
+
+    from worker.core import artifact as art
+    from worker.core.detector import SlotDetector
+    from worker.core.readings import Reading, Score
+    from worker.settings import Settings
+
+    s = settings or Settings()
+    det = SlotDetector(model if isinstance(model, art.Artifact) else art.load(model), slots=256, scoring=s.scoring)
+    horizon = det.adapt.accept_after
+    first, at_once, accepted, late_flags, n = [], 0, [], 0, 0
+    for sid, g in df[df["label"] == 0].groupby("sensor_id", sort=True):
+        v = g[features].to_numpy(np.float64).copy()
+        if len(v) < at + horizon + 600:
+            continue
+        v[at:, 0] += shift_std * v[:at, 0].std()
+        ts = g["ts_ms"].to_numpy()
+        out = det.process([Reading(f"shift-{sid}", int(t), x) for t, x in zip(ts, v)])
+        flag = np.array([o.is_anomaly for o in out if isinstance(o, Score)])
+        acc = np.array([o.accepted for o in out if isinstance(o, Score)])
+        n += 1
+        hits = np.flatnonzero(flag[at:])
+        if len(hits):
+            first.append(int(hits[0]))
+            at_once += int(hits[0] == 0)
+        a = np.flatnonzero(acc[at:])
+        if len(a):
+            accepted.append(int(a[0]))
+        late_flags += int(flag[-500:].sum())
+    return {"sensors": n, "shift_std": shift_std, "horizon": horizon,
+            "flagged_at_first_reading": at_once / max(n, 1),
+            "median_first_flag_delay": float(np.median(first)) if first else None,
+            "accepted_share": len(accepted) / max(n, 1),
+            "median_readings_to_accept": float(np.median(accepted)) if accepted else None,
+            "max_readings_to_accept": int(max(accepted)) if accepted else None,
+            "flags_in_last_500_per_sensor": late_flags / max(n, 1)}
 
 
 def report(res: dict) -> str:
@@ -118,6 +174,13 @@ def report(res: dict) -> str:
                   table_md(r["detectors"]), "", kinds_md(r["detectors"]), ""]
     lines.append(f"Quality bar (new fleet: window F1 >= 0.9, median delay <= 5, better than both baselines): "
                  f"{'met' if res['bar_met'] else 'NOT met'}.")
+    sh = res.get("lasting_shift")
+    if sh:
+        lines.append(f"Lasting level shift (+{sh['shift_std']} std on the first feature of {sh['sensors']} sensors, for good): "
+                     f"flagged at its first reading on {sh['flagged_at_first_reading']:.0%} of them (median delay "
+                     f"{sh['median_first_flag_delay']}), accepted as the new normal on {sh['accepted_share']:.0%} after a median "
+                     f"{sh['median_readings_to_accept']} (max {sh['max_readings_to_accept']}) readings, horizon {sh['horizon']}; "
+                     f"{sh['flags_in_last_500_per_sensor']:.1f} flags per sensor in the last 500 readings.")
     lines.append(f"Train {st['train'][0]} sensors x {st['train'][1]} readings; times (s): {res['seconds']}.")
     return "\n".join(lines) + "\n"
 
@@ -131,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="1,2,3", help="training fleet, new fleet, same-fleet-later seeds (default 1,2,3)")
     p.add_argument("--no-baselines", action="store_true", help="slotwatch only (faster; no comparison)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--skab-only", action="store_true", help="only the SKAB real-data benchmark (benchmarks/skab.py)")
+    p.add_argument("--no-skab", action="store_true", help="skip the SKAB real-data benchmark")
+    from benchmarks import skab
+
+    skab.add_arguments(p)
     args = p.parse_args(argv)
     seeds = tuple(int(x) for x in args.seeds.split(","))
     if len(seeds) != 3:
@@ -140,6 +208,17 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(level="INFO")
     apply_tf_threads()
+    if not args.no_skab:  # real data first (a few minutes); skipped with a message when the data is absent
+        sres = skab.run(args.skab, per_experiment=args.per_experiment, epochs=args.skab_epochs, per_epochs=args.per_epochs,
+                        progress=not args.no_progress, model=args.skab_model, keep=args.skab_keep)
+        if sres is None:
+            print("SKAB skipped: data not found (give --skab PATH)")
+        else:
+            from benchmarks.common import finish
+
+            finish("skab", sres, skab.report(sres))
+    if args.skab_only:
+        return 0
     default = seeds == (1, 2, 3) and not args.no_baselines
     res = run(quick=args.quick, progress=not args.no_progress, seeds=seeds, baselines=not args.no_baselines, keep_reports=default)
     suite = "quality" if default else f"quality-seeds-{'-'.join(map(str, seeds))}"

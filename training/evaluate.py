@@ -134,7 +134,7 @@ def evaluate(model_path, data_path, report_dir, *, baselines_train=None, baselin
     kw = {}
     if settings is not None:
         kw = dict(max_gap_ms=int(settings.model.max_gap_s * 1000), warmup=settings.model.warmup,
-                  threshold=settings.model.threshold)
+                  threshold=settings.model.threshold, recent=settings.model.recent_readings, scoring=settings.scoring)
     if threshold is not None:
         kw["threshold"] = threshold
     t0 = time.monotonic()

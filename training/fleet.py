@@ -82,8 +82,9 @@ def prepare_fleet(
     """Check a readings frame and build the padded per-sensor arrays (see module doc).
 
     ``unsorted``: a sensor whose readings are not in time order is sorted with a warning
-    (``"sort"``) or refused (``"refuse"``).  Two readings of one sensor with the same time
-    are always refused: their order is unknowable.
+    (``"sort"``) or refused (``"refuse"``).  Readings of one sensor with the same time
+    stamp (real exports have them) are kept in file order, with a warning that counts them;
+    sorting is stable, so it never reorders them.
     """
     if df is None or len(df) == 0:
         raise TrainingError("no training rows: the data is empty (check the file, or the time range of --from-kafka)")
@@ -126,6 +127,8 @@ def prepare_fleet(
             f"validation part: {shown}; drop them or give them more history"
         )
     n_fixed = 0
+    n_repeated = 0
+    repeated_sensors = 0
     for k, g in enumerate(groups):
         t = ts_col[g]
         d = np.diff(t)
@@ -137,11 +140,15 @@ def prepare_fleet(
             groups[k] = g
             n_fixed += 1
             d = np.diff(ts_col[g])
-        if (d == 0).any():
-            pos = int(np.argmax(d == 0))
-            raise TrainingError(f"sensor {ids[k]!r} has two readings at the same ts {int(ts_col[g][pos])}; their order is unknown")
+        same = int((d == 0).sum())
+        if same:
+            n_repeated += same
+            repeated_sensors += 1
     if n_fixed:
         log.warning("%d sensor(s) had readings out of time order; sorted them by ts", n_fixed)
+    if n_repeated:
+        log.warning("%d reading(s) of %d sensor(s) repeat the time stamp of the reading before; kept in file order",
+                    n_repeated, repeated_sensors)
 
     s_, t_, f_ = len(ids), int(lengths.max()), len(features)
     raw = np.zeros((s_, t_, f_))
@@ -175,5 +182,6 @@ def prepare_fleet(
         "last_ts": int(ts_col.max()),
         "val_fraction": val_fraction,
         "sensors_sorted_by_time": n_fixed,
+        "repeated_timestamps": n_repeated,
     }
     return Fleet(ids, list(features), x.astype(np.float32), normal, label, ts, raw, lengths, val_start, mean, std, n_fixed, summary)

@@ -58,7 +58,9 @@ class TrainConfig:
     short_window: int = 4
     long_window: int = 1000
     false_alarm_rate: float = 1e-4
-    flat_window: int = 8  # flatline statistic: changes looked at (0 = off)
+    flat_window: int = 8  # stuck-sensor check on (> 0) or off (0); stillness is judged against each sensor's own history
+    level_window: int = 8  # level channel EWMA window (0 = off); see worker.core.adaptive
+    accept_after: int = 600  # horizon used for the validation metrics (the worker's is SLOTWATCH_SCORING__ACCEPT_AFTER)
     jitter: float = 1.0  # scaling jitter per sensor and epoch (offset sd; log-scale sd is half of it)
     min_delta: float = 0.002  # relative val_loss improvement that counts
     min_readings: int = 8
@@ -361,7 +363,8 @@ def calibrate(net, fleet: Fleet, cfg: TrainConfig) -> tuple[object, dict, dict]:
     from training import calibrate as cal
     from training.metrics import series_scores, summarize
     from worker.core.artifact import Calibration
-    from worker.core.scorer import ScorerParams, with_flatline
+    from worker.core.adaptive import AdaptParams
+    from worker.core.scorer import ScorerParams
 
     out = predict_sequences(net, fleet.x)
     bias = net.get_layer("head").get_weights()[1].astype(np.float64)
@@ -379,25 +382,26 @@ def calibrate(net, fleet: Fleet, cfg: TrainConfig) -> tuple[object, dict, dict]:
     calib = Calibration(threshold=thr, warmup=cfg.warmup, short_window=cfg.short_window, long_window=cfg.long_window,
                         error_mean=err_mean, error_std=err_std, residual_std=res_std.tolist())
     params = ScorerParams(thr, cfg.warmup, cfg.short_window, cfg.long_window, err_mean, err_std**2)
-    score, flag, warming = cal.run_scorer(params, err, valid)
-    flat_limit = 0.0
-    if cfg.flat_window > 0:
-        still = cal.stillness_series(fleet.raw, fleet.std, res_std, cfg.flat_window)
-        normal_still = still[mask & np.isfinite(still)]
-        if normal_still.size:
-            flat_limit = float(0.5 * np.quantile(normal_still, cfg.false_alarm_rate))
-        if flat_limit > 0:
-            score, flag = with_flatline(score, flag, warming, cal.flat_scores(still, flat_limit, thr), thr)
-            flag &= valid
-    calib.flat_window = cfg.flat_window if flat_limit > 0 else 0
-    calib.flat_limit = flat_limit
+    # level channel: the scale at which it alone flags at most false_alarm_rate of normal held-out readings
+    level_scale = 0.0
+    if cfg.level_window > 0:
+        z_lvl = cal.level_z_series(fleet.x, valid, cfg.warmup, cfg.long_window, cfg.level_window)
+        level_scale = cal.pick_level_scale(z_lvl[mask & ~warming], thr, len(fleet.features), cfg.false_alarm_rate)
+    calib.level_window = cfg.level_window if level_scale > 0 else 0
+    calib.level_scale = level_scale
+    calib.flat_window = cfg.flat_window  # on/off of the stuck-sensor check (stillness against own history)
+    calib.flat_limit = 0.0
+    adapt = AdaptParams(accept_after=cfg.accept_after, level_window=calib.level_window, level_scale=level_scale)
+    score, flag, warming, _, accepted = cal.run_adaptive(params, adapt, err, fleet.x, fleet.raw, valid,
+                                                         level_on=level_scale > 0, flat_on=cfg.flat_window > 0)
     inval = fleet.in_validation()
     metrics = {
         "calibration_readings": int(mask.sum()),
         "residual_std": res_std.tolist(),
         "error_mean": err_mean,
         "error_std": err_std,
-        "flat_limit": flat_limit,
+        "level_scale": level_scale,
+        "val_accepted_readings": int(accepted.sum()),
         "val_false_alarm_rate": float(flag[mask & ~warming].mean()) if (mask & ~warming).any() else 0.0,
     }
     if fleet.label[inval].any():
@@ -513,6 +517,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=f"latest share of each sensor's time held out (default {d.val_fraction})")
     p.add_argument("--warmup", type=int, default=d.warmup, help=f"readings before a sensor can be flagged (default {d.warmup}; unseen sensors twice)")
     p.add_argument("--flat-window", type=int, default=d.flat_window, help=f"readings the flatline (stuck sensor) statistic looks at (default {d.flat_window}; 0 = off; at most SLOTWATCH_MODEL__RECENT_READINGS)")
+    p.add_argument("--level-window", type=int, default=d.level_window, help=f"readings the level channel averages (default {d.level_window}; 0 = off)")
     p.add_argument("--jitter", type=float, default=d.jitter, help=f"scaling jitter for robustness to unseen sensors' online scaling (default {d.jitter}; 0 = off)")
     p.add_argument("--false-alarm-rate", type=float, default=d.false_alarm_rate, help=f"share of normal validation readings the threshold may flag (default {d.false_alarm_rate})")
     p.add_argument("--min-readings", type=int, default=d.min_readings, help=f"refuse sensors with fewer readings (default {d.min_readings})")
@@ -537,7 +542,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
     cfg = TrainConfig(units=units, mode=args.mode, epochs=args.epochs, patience=args.patience, seq_len=args.seq_len,
                        batch=args.batch, learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
-                       warmup=args.warmup, jitter=args.jitter, flat_window=args.flat_window, false_alarm_rate=args.false_alarm_rate, min_readings=args.min_readings,
+                       warmup=args.warmup, jitter=args.jitter, level_window=args.level_window, flat_window=args.flat_window, false_alarm_rate=args.false_alarm_rate, min_readings=args.min_readings,
                        unsorted="refuse" if args.refuse_unsorted else "sort", progress=want_progress(not args.no_progress),
                        strict=getattr(args, "strict", False))
     check_config(cfg)

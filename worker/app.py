@@ -91,6 +91,7 @@ class Worker:
             threshold=s.model.threshold,
             warmup=s.model.warmup,
             recent=s.model.recent_readings,
+            scoring=s.scoring,
             episodes=s.episodes.params(),
             max_sensors=s.limits.max_sensors,
             max_sensor_id_bytes=s.limits.max_sensor_id_bytes,

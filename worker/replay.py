@@ -127,6 +127,7 @@ def main(args: argparse.Namespace) -> int:
         threshold=args.threshold if args.threshold is not None else settings.model.threshold,
         warmup=settings.model.warmup,
         recent=settings.model.recent_readings,
+        scoring=settings.scoring,
         episodes=settings.episodes.params(),
     )
     from worker.progress import want_progress

@@ -151,6 +151,23 @@ def parse_name_list(v):
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+class ScoringSettings(BaseModel):
+    """How the scorer adapts (issue 9; see worker/core/adaptive.py and README "How scoring works")."""
+
+    accept_after: int = Field(
+        600, ge=0,
+        description="Horizon, in readings: an episode (a run of flags) this long is accepted as the sensor's new normal "
+                    "(the reading says accepted); 0 = never.",
+    )
+    quiet: int = Field(30, ge=1, description="Unflagged readings in a row that end an episode (its horizon count restarts).")
+    level: bool = Field(True, description="Use the artifact's level channel (is the sensor still at its usual level?).")
+    move_window: int = Field(1000, ge=2, description="Readings over which a sensor's own share of moving readings is learned.")
+    flat_min_run: int = Field(4, ge=0, description="Unchanged readings before a sensor can be flagged as stuck; 0 = off.")
+    flat_p_max: float = Field(
+        0.9, gt=0, lt=1, description="Cap of a sensor's move rate in the stuck test (readings are not independent)."
+    )
+
+
 class EpisodeSettings(BaseModel):
     """Alerts as episodes (worker.core.episodes): one message when a sensor starts deviating, one when it stops."""
 
@@ -282,6 +299,7 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     handover: HandoverSettings = Field(default_factory=HandoverSettings)
     episodes: EpisodeSettings = Field(default_factory=EpisodeSettings)

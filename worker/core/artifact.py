@@ -48,14 +48,16 @@ class Calibration:
     residual_std: list[float] = field(default_factory=list)  # per feature, scaled units
     flat_window: int = 0  # changes looked at by the flatline statistic (0 = off)
     flat_limit: float = 0.0  # stillness that scores exactly the threshold (see scorer.stillness)
+    level_window: int = 0  # EWMA window of the level channel (worker.core.adaptive); 0 = off (older artifacts)
+    level_scale: float = 0.0  # level z that the channel divides by (calibrated); 0 = off
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise ArtifactError(f"calibration.threshold must be in (0, 1), got {self.threshold}")
         if self.short_window < 1 or self.long_window < 2 or self.warmup < 0:
             raise ArtifactError("calibration windows must be positive")
-        if self.flat_window < 0 or self.flat_limit < 0:
-            raise ArtifactError("calibration.flat_window and flat_limit must be >= 0")
+        if self.flat_window < 0 or self.flat_limit < 0 or self.level_window < 0 or self.level_scale < 0:
+            raise ArtifactError("calibration.flat_window, flat_limit, level_window and level_scale must be >= 0")
         if self.error_std <= 0:
             raise ArtifactError(f"calibration.error_std must be > 0, got {self.error_std}")
 

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from worker.core import adaptive
+from worker.core.adaptive import AdaptParams
 from worker.core.artifact import Artifact
 from worker.core.attribution import surprise
 from worker.core.engine import SlotEngine
@@ -49,12 +51,9 @@ from worker.core.router import SlotRouter
 from worker.core.scorer import (
     ScorerParams,
     feature_errors,
-    flatline_score,
     normal_quantile,
     reading_error,
     score_step,
-    stillness,
-    with_flatline,
 )
 from worker.state.table import NO_TS, StateTable
 
@@ -88,6 +87,7 @@ class SlotDetector:
         warmup: int | None = None,
         recent: int = 16,
         jit_compile: bool = True,
+        scoring: object | None = None,
         max_sensors: int | None = None,
         max_sensor_id_bytes: int = 256,
         episodes: EpisodeParams | None = None,
@@ -112,10 +112,13 @@ class SlotDetector:
             prior_var=cal.error_std**2,
         )
         self.residual_std = np.asarray(cal.residual_std or [1.0] * f, dtype=np.float64)
-        # flatline statistic (scorer.stillness) over the recent-readings ring; off when flat_limit is 0
-        self.flat_window = min(int(cal.flat_window), int(recent)) if cal.flat_limit > 0 else 0
+        # adaptive scoring (worker.core.adaptive): ``scoring`` is settings.scoring (or an AdaptParams)
+        self.adapt = self._adapt_params(cal, scoring)
+        self._level_on = self.adapt.level_scale > 0 and self.adapt.level_window > 0
+        # stuck sensors: stillness against the sensor's own history, on when the artifact asks for a flatline check
+        self._flat_on = int(cal.flat_window) > 0 and self.adapt.flat_min_run > 0
+        self.flat_window = 0  # the older ring statistic (scorer.stillness) is replaced by adaptive.movement_step
         self.flat_limit = float(cal.flat_limit)
-        self._flat_steps = np.arange(self.flat_window)
         self._z_threshold = normal_quantile(self.params.threshold)
         self.scaling = m.scaling
         self._global_mean = np.asarray(m.scaling.mean, dtype=np.float64)
@@ -130,6 +133,19 @@ class SlotDetector:
         self._tick_log: list[tuple[float, int]] = []  # (seconds, readings) per tick, see drain_ticks
         self._x = np.zeros((slots, 1, f), np.float32)
         self._mask = np.zeros(slots, bool)
+
+    @staticmethod
+    def _adapt_params(cal, scoring) -> AdaptParams:
+        if isinstance(scoring, AdaptParams):
+            return scoring
+        d = AdaptParams()
+        g = (lambda k: getattr(scoring, k, getattr(d, k))) if scoring is not None else (lambda k: getattr(d, k))
+        level = bool(getattr(scoring, "level", True)) if scoring is not None else True
+        return AdaptParams(
+            accept_after=int(g("accept_after")), quiet=int(g("quiet")),
+            level_window=int(cal.level_window) if level else 0, level_scale=float(cal.level_scale) if level else 0.0,
+            move_window=int(g("move_window")), flat_min_run=int(g("flat_min_run")), flat_p_max=float(g("flat_p_max")),
+        )
 
     @property
     def threshold(self) -> float:
@@ -401,10 +417,12 @@ class SlotDetector:
             std = np.maximum(std, self._global_std * _MIN_STD_FRACTION)
             c["mean"][lr], c["m2"][lr], c["std"][lr] = mean, m2, std
             ending = learning & (count + 1 >= self.params.warmup)
-            if ending.any():  # scaling freezes now: errors so far were on moving scales
+            if ending.any():  # scaling freezes now: errors and levels so far were on moving scales
                 er = rows[ending]
                 c["err_mean"][er] = self.params.prior_mean
                 c["err_var"][er] = self.params.prior_var
+                c["lvl_mean"][er] = 0.0
+                c["lvl_var"][er] = 1.0
         mean = c["mean"][rows]
         std = c["std"][rows]
         xs = np.clip((x - mean) / std, -SCALED_LIMIT, SCALED_LIMIT)  # finite in float32, and its squared error
@@ -420,11 +438,7 @@ class SlotDetector:
 
         fz = feature_errors(xs, exp_s, self.residual_std)
         err = reading_error(fz)
-        score, anom, warming, em, ev, es = score_step(
-            self.params, err, count, warm_n, c["err_mean"][rows], c["err_var"][rows], c["err_short"][rows]
-        )
-        if self.flat_window:
-            score, anom = with_flatline(score, anom, warming, self._flatline_score(rows, x, std), self.params.threshold)
+        score, anom, warming, em, ev, es, tail = self._score(rows, x, xs, err, count, warm_n)
         c["err_mean"][rows], c["err_var"][rows], c["err_short"][rows] = em, ev, es
         c["count"][rows] = count + 1
         c["total"][rows] += 1
@@ -436,8 +450,8 @@ class SlotDetector:
         c["recent_ts"][rows, pos] = ts
         c["recent_pos"][rows] = (pos + 1) % table.recent
         expected = exp_s * std + mean
-        surp = surprise(1.0 - score)  # the one line to change when the scorer gives its tail probability
-        accepted = np.zeros(n, bool)  # the adaptive scorer's "accepted as the new normal", when it exists
+        surp = surprise(tail)  # the scorer's tail probability (1 - score without cancellation)
+        accepted = self._accepted  # the horizon accepted this reading's deviation as the new normal
         events += self.episodes.step(rows, ts, score, surp, anom, accepted, x, expected, fz)
 
         st = self.stats
@@ -448,9 +462,10 @@ class SlotDetector:
         st.anomalies += int(anom.sum())
         thr = self.params.threshold
         # plain Python values in one go: indexing numpy scalars per reading costs more
-        for i, r, sc, e, an, wu, ex, sp, z in zip(idx, batch, score.tolist(), err.tolist(), anom.tolist(), warming.tolist(),
-                                                 expected, surp.tolist(), fz):
-            out[i] = Score(r.sensor_id, r.ts_ms, sc, e, an, thr, wu, r.values, ex, r.partition, r.offset, r.label, sp, z)
+        for i, r, sc, e, an, wu, ex, sp, z, ac in zip(idx, batch, score.tolist(), err.tolist(), anom.tolist(), warming.tolist(),
+                                                     expected, surp.tolist(), fz, accepted.tolist()):
+            out[i] = Score(r.sensor_id, r.ts_ms, sc, e, an, thr, wu, r.values, ex, r.partition, r.offset, r.label, sp, z,
+                           accepted=ac)
         for p, event in events:  # in position order: a reset's close comes before this reading's open
             sc = out[idx[p]]
             if sc.episodes is None:
@@ -458,16 +473,23 @@ class SlotDetector:
             else:
                 sc.episodes.append(event)
 
-    def _flatline_score(self, rows: np.ndarray, x: np.ndarray, std: np.ndarray) -> np.ndarray:
-        """Flatline score of this reading and the ``flat_window`` before it (from the recent ring)."""
-        k, ring, f = self.flat_window, self.table.recent, self.n_features
+    def _score(self, rows: np.ndarray, x: np.ndarray, xs: np.ndarray, err: np.ndarray, count: np.ndarray, warm_n: np.ndarray):
+        """The scoring lines of a tick (:func:`worker.core.adaptive.score_tick` on the rows' state).
+
+        Returns ``(score, anomaly, warming, err_mean, err_var, err_short, tail)`` with
+        ``tail = 1 - score`` computed without cancellation; ``self._accepted`` says which
+        readings were accepted as the new normal.
+        """
         c = self.table.cols
-        n = len(rows)
-        idx = (c["recent_pos"][rows][:, None] - 1 - self._flat_steps) % ring  # newest first
-        vals = np.empty((n, k + 1, f), np.float32)  # float32, as the ring stores readings
-        vals[:, 0] = x
-        vals[:, 1:] = c["recent"].reshape(-1, f).take((rows[:, None] * ring + idx).ravel(), axis=0).reshape(n, k, f)
-        return flatline_score(stillness(vals, std * self.residual_std), self.flat_limit, self._z_threshold)
+        st = {k: c[k][rows] for k in adaptive.STATE_COLUMNS}
+        ring = self.table.recent
+        prev = c["recent"].reshape(-1, self.n_features)[rows * ring + (c["recent_pos"][rows] - 1) % ring]
+        score, anom, warming, tail, acc, new = adaptive.score_tick(
+            self.params, self.adapt, st, err, xs, x.astype(np.float32), prev, count, warm_n, self._level_on, self._flat_on)
+        for k in adaptive.ADAPT_COLUMNS:
+            c[k][rows] = new[k]
+        self._accepted = acc
+        return score, anom, warming, new["err_mean"], new["err_var"], new["err_short"], tail
 
     # ------------------------------------------------------------------ state
     def _new_sensor(self, sensor_id: str, partition: int) -> int:

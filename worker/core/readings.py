@@ -70,6 +70,7 @@ class Score:
     surprise: float = 0.0  # -log10 of the tail probability (worker.core.attribution.surprise)
     feature_z: np.ndarray | None = None  # per feature: (actual - expected) in typical residuals
     episodes: list | None = None  # EpisodeEvents this reading opened or closed (worker.core.episodes)
+    accepted: bool = False  # this reading's deviation was accepted as the sensor's new normal (horizon, issue 9)
 
 
 @dataclass(slots=True)

@@ -44,19 +44,44 @@ import numpy as np
 
 _SQRT1_2 = 0.7071067811865476
 
+#: a sensor's long-run error variance counts as at least this share of the calibrated prior's:
+#: a sensor that was perfectly predictable for a while (flat, stepwise) would otherwise find
+#: every later change of its error level infinitely surprising
+ERR_VAR_FLOOR = 0.25
 
-def normal_cdf(z: np.ndarray) -> np.ndarray:
-    """Standard normal CDF, vectorised (W. J. Cody's erfc via numpy's exp; |error| < 1.2e-7)."""
-    z = np.asarray(z, dtype=np.float64)
-    x = np.abs(z) * _SQRT1_2
+
+def _erfc_abs(x: np.ndarray) -> np.ndarray:
+    """erfc(|x|) with a *relative* error < 1.2e-7 everywhere (Numerical Recipes erfcc)."""
+    x = np.abs(x)
     t = 1.0 / (1.0 + 0.5 * x)
-    # Numerical Recipes erfcc: fractional error < 1.2e-7 everywhere.
     poly = -x * x - 1.26551223 + t * (
         1.00002368
         + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))
     )
-    erfc = t * np.exp(poly)
+    return t * np.exp(poly)
+
+
+def normal_cdf(z: np.ndarray) -> np.ndarray:
+    """Standard normal CDF, vectorised (W. J. Cody's erfc via numpy's exp; |error| < 1.2e-7)."""
+    z = np.asarray(z, dtype=np.float64)
+    erfc = _erfc_abs(z * _SQRT1_2)
     return np.where(z >= 0, 1.0 - 0.5 * erfc, 0.5 * erfc)
+
+
+def normal_sf(z: np.ndarray) -> np.ndarray:
+    """``1 - normal_cdf(z)`` computed directly (no cancellation): the tail probability of a score.
+
+    Scores near 1 all print as 1.000000; their tails stay distinguishable, so
+    ``-log10(normal_sf(z))`` (the *surprise*, :func:`worker.core.attribution.surprise`) separates them.
+
+    >>> [f"{float(normal_sf(z)):.3g}" for z in (0.0, 3.0, 10.0, 30.0)]
+    ['0.5', '0.00135', '7.62e-24', '4.91e-198']
+    >>> float(1.0 - normal_cdf(10.0))   # the same through the CDF: cancelled to 0
+    0.0
+    """
+    z = np.asarray(z, dtype=np.float64)
+    erfc = _erfc_abs(z * _SQRT1_2)
+    return np.where(z >= 0, 0.5 * erfc, 1.0 - 0.5 * erfc)
 
 
 @dataclass(frozen=True)
@@ -98,10 +123,13 @@ def score_step(
     err_var: np.ndarray,
     err_short: np.ndarray,
     threshold: float | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    with_tail: bool = False,
+):
     """Score one reading per element.  ``count``: readings since reset *before* this one.
 
-    Returns ``(score, is_anomaly, warming_up, new_mean, new_var, new_short)``.  Pure.
+    Returns ``(score, is_anomaly, warming_up, new_mean, new_var, new_short)``, and the tail
+    probability ``1 - score`` computed without cancellation (:func:`normal_sf`) as a seventh
+    element when ``with_tail``.  Pure.
     """
     thr = p.threshold if threshold is None else threshold
     first = count == 0
@@ -109,8 +137,9 @@ def score_step(
     var = np.where(first, p.prior_var, err_var)
     a_s = p.short_alpha
     short = np.where(first, err, err_short + a_s * (err - err_short))
-    sd = np.sqrt(var * p.short_var_factor + 1e-12)
-    score = normal_cdf((short - mean) / sd)
+    sd = np.sqrt(np.maximum(var, ERR_VAR_FLOOR * p.prior_var) * p.short_var_factor + 1e-12)
+    z = (short - mean) / sd
+    score = normal_cdf(z)
     warming = count < warmup
     is_anom = (~warming) & (score >= thr)
     # long-run estimate: prior counts as `warmup` readings, then a window of long_window
@@ -119,6 +148,8 @@ def score_step(
     learn = ~is_anom
     new_mean = np.where(learn, mean + alpha * delta, mean)
     new_var = np.where(learn, (1.0 - alpha) * (var + alpha * delta * delta), var)
+    if with_tail:
+        return score, is_anom, warming, new_mean, new_var, short, normal_sf(z)
     return score, is_anom, warming, new_mean, new_var, short
 
 

@@ -47,6 +47,16 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "ep_peak_actual": ("float64", "F"),  # ... its values, expected values and per-feature z
     "ep_peak_expected": ("float64", "F"),
     "ep_peak_z": ("float64", "F"),
+    # issue 9 adaptive scorer (worker/core/adaptive.py); older checkpoints lack them: COLUMN_DEFAULTS
+    "lvl": ("float64", "F"),  # level channel: EWMA of the scaled values
+    "lvl_mean": ("float64", "F"),  # its long-run mean / variance
+    "lvl_var": ("float64", "F"),
+    "move_rate": ("float64", "F"),  # own share of readings that changed each feature
+    "still_run": ("int64", "F"),  # readings since each feature last changed
+    "adapt_len": ("int64", ""),  # readings of the open run of flags the horizon counts (0 = none)
+    "adapt_quiet": ("int64", ""),  # unflagged readings in a row within it
+    "adapt_err_mean": ("float64", ""),  # its error mean / variance (what acceptance adopts)
+    "adapt_err_var": ("float64", ""),
 }
 
 #: columns an older checkpoint may lack, and the value its sensors get on import (others: 0)
@@ -54,6 +64,10 @@ COLUMN_DEFAULTS: dict[str, int | float] = {
     "ep_start_ts": NO_TS,  # no episode open
     **{name: 0 for name in ("ep_last_ts", "ep_quiet", "ep_flagged", "ep_peak_score", "ep_peak_surprise", "ep_peak_ts",
                             "ep_peak_actual", "ep_peak_expected", "ep_peak_z")},
+    # adaptive scorer: a restored sensor has no level or movement history (level prior 0 +- 1 scaled, move rate 1/2)
+    "lvl_var": 1.0,
+    "move_rate": 0.5,
+    **{name: 0 for name in ("lvl", "lvl_mean", "still_run", "adapt_len", "adapt_quiet", "adapt_err_mean", "adapt_err_var")},
 }
 
 
@@ -141,6 +155,8 @@ class StateTable:
         c["partition"][rows] = partition
         c["last_offset"][rows] = -1
         c["ep_start_ts"][rows] = NO_TS
+        c["lvl_var"][rows] = 1.0
+        c["move_rate"][rows] = 0.5
 
     def clear_rows(self, rows: np.ndarray) -> None:
         """Restart rows' sequences: zero state and warm-up, forget time and errors (keeps scaling, offsets)."""
@@ -154,6 +170,10 @@ class StateTable:
         c["recent"][rows] = 0.0
         c["recent_ts"][rows] = NO_TS
         c["recent_pos"][rows] = 0
+        for name in ("lvl", "lvl_mean", "still_run", "adapt_len", "adapt_quiet", "adapt_err_mean", "adapt_err_var"):
+            c[name][rows] = 0
+        c["lvl_var"][rows] = 1.0
+        c["move_rate"][rows] = 0.5
 
     def rows_of_partition(self, partition: int) -> np.ndarray:
         n = self.n_rows

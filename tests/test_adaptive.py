@@ -1,0 +1,105 @@
+"""The adaptive scorer through the real core (worker/core/adaptive.py): horizon, level channel,
+stillness against a sensor's own history, older checkpoints."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from tests.conftest import sine_fleet
+from worker.core import artifact as art
+from worker.core.adaptive import AdaptParams
+from worker.core.detector import SlotDetector
+from worker.core.readings import Reading
+
+STEP_MS = 1000
+
+
+def _artifact(path, **cal):
+    a = art.load(path)
+    m = copy.deepcopy(a.manifest)
+    for k, v in cal.items():
+        setattr(m.calibration, k, v)
+    return art.Artifact(a.path, m, a.model)
+
+
+def _run(det, sid, values, start=0):
+    return det.process([Reading(sid, (start + t) * STEP_MS, np.atleast_1d(np.float64(v))) for t, v in enumerate(values)])
+
+
+def test_a_step_change_is_flagged_at_once_then_accepted_within_the_horizon(artifact_1f):
+    a = _artifact(artifact_1f, level_window=8, level_scale=1.0)
+    horizon, quiet = 150, 10
+    det = SlotDetector(a, slots=4, scoring=AdaptParams(accept_after=horizon, quiet=quiet))
+    base = sine_fleet(1, 900, 1, seed=4)[0, :, 0]
+    values = base.copy()
+    shift_at = 300
+    values[shift_at:] += 6.0  # a lasting change of level
+    out = _run(det, "s1", values)
+    flags = np.array([o.is_anomaly for o in out])
+    acc = np.array([o.accepted for o in out])
+    assert not flags[100:shift_at].any()  # quiet before
+    assert flags[shift_at]  # flagged from its first reading
+    assert flags[shift_at : shift_at + 100].mean() > 0.9  # and kept flagged: not learned away within a few readings
+    assert acc.sum() >= 1 and not acc[:shift_at].any()
+    first_acc = int(np.argmax(acc))
+    assert first_acc <= shift_at + horizon + quiet  # accepted within the horizon ...
+    assert out[first_acc].is_anomaly
+    assert not flags[first_acc + 50 :].any()  # ... and the new level is normal from then on (never flagged for ever)
+    # the same detector without a horizon keeps flagging the new level
+    never = SlotDetector(a, slots=4, scoring=AdaptParams(accept_after=0, quiet=quiet))
+    f2 = np.array([o.is_anomaly for o in _run(never, "s1", values)])
+    assert f2[first_acc + 50 :].mean() > 0.9
+
+
+def test_an_incident_shorter_than_the_horizon_is_not_accepted(artifact_1f):
+    a = _artifact(artifact_1f, level_window=8, level_scale=1.0)
+    det = SlotDetector(a, slots=4, scoring=AdaptParams(accept_after=150, quiet=10))
+    values = sine_fleet(1, 600, 1, seed=5)[0, :, 0]
+    values[300:400] += 6.0  # a 100-reading incident, then back
+    out = _run(det, "s1", values)
+    flags = np.array([o.is_anomaly for o in out])
+    assert flags[300:400].mean() > 0.9 and not any(o.accepted for o in out)
+    assert flags[420:].mean() < 0.05  # back to normal: quiet again, nothing was learned from the incident
+
+
+def test_a_flat_sensor_is_not_stuck_but_one_that_stops_moving_is(artifact_1f):
+    a = _artifact(artifact_1f, flat_window=8)
+    det = SlotDetector(a, slots=4, scoring=AdaptParams(flat_min_run=4))
+    flat = _run(det, "flat", [3.25] * 600)  # flat from its first reading (unseen sensor, zero-shot)
+    assert not any(o.is_anomaly for o in flat)
+    step = np.repeat([0.2, 0.6, 0.2, 0.6, 0.4, 0.2], 100)  # stepwise by nature: changes once every 100 readings
+    sf = np.array([o.is_anomaly for o in _run(det, "s2", step)])
+    between = np.ones(600, bool)
+    for k in range(0, 600, 100):
+        between[k : k + 10] = False  # a step itself may surprise the next-reading error for a few readings
+    assert not sf[between].any() and sf.sum() <= 12
+    moving = sine_fleet(1, 300, 1, seed=6)[0, :, 0]
+    stuck = np.concatenate([moving, np.full(60, moving[-1])])  # moved for 300 readings, then stuck
+    out = _run(det, "s3", stuck)
+    flags = np.array([o.is_anomaly for o in out])
+    assert not flags[100:300].any()
+    assert flags[300:310].any() and flags[310:360].all()  # flagged within a few readings, and stays flagged
+
+
+def test_checkpoint_without_the_adaptive_columns_restores_with_defaults(artifact_1f):
+    from worker.state.table import COLUMN_DEFAULTS
+    from worker.core.adaptive import ADAPT_COLUMNS
+
+    a = art.load(artifact_1f)
+    det = SlotDetector(a, slots=4)
+    _run(det, "s1", sine_fleet(1, 50, 1, seed=1)[0, :, 0])
+    data = det.export_partition(-1)
+    old = {k: v for k, v in data.items() if k not in ADAPT_COLUMNS}  # as written before the columns existed
+    det2 = SlotDetector(a, slots=4)
+    assert det2.import_partition(old) == 1
+    row = det2.table.index["s1"]
+    assert det2.table.cols["lvl_var"][row].tolist() == [COLUMN_DEFAULTS["lvl_var"]]
+    assert det2.table.cols["move_rate"][row].tolist() == [COLUMN_DEFAULTS["move_rate"]]
+    assert det2.table.cols["adapt_len"][row] == 0
+    more = _run(det2, "s1", sine_fleet(1, 60, 1, seed=1)[0, 50:, 0], start=50)
+    assert all(np.isfinite(o.score) for o in more)
+    with pytest.raises(KeyError):  # a column that always existed is still required
+        det2.import_partition({k: v for k, v in data.items() if k != "err_mean"})
