@@ -256,5 +256,54 @@ class ChangelogStore:
             gauge.set(1.0)
         return res
 
+    def committed(self, tp) -> int | None:
+        """The group's committed offset of ``tp``, asked with a client of our own: kafka-python 3 runs
+        rebalance callbacks on the worker consumer's IO thread, where its blocking calls are refused."""
+        c = make_restore_consumer(self.kafka, group_id=self.kafka.group_id)
+        try:
+            return c.committed(tp)
+        finally:
+            c.close()
+
     def forget(self, partition: int) -> None:
         self.written.pop(partition, None)
+
+    def on_assigned(self, tp, local, features: list[str], model_version: str):
+        """The checkpoint a newly assigned partition starts from: ``local`` when it is current (its
+        next offset equals the committed offset), else one folded from the changelog at the committed
+        offset (``None``: nothing committed and no local checkpoint, start from the beginning)."""
+        from worker.checkpointing.format import Checkpoint
+
+        p = tp.partition
+        committed = self.committed(tp)
+        # a local checkpoint may hold rows the changelog lacks (state_store was local before): after
+        # a local restore the first round writes every row of the partition
+        self.written.pop(p, None)
+        if committed is None:
+            return local
+        if local is not None and local.next_offset == committed:
+            log.info("partition %d: the local checkpoint is current (offset %d); not reading the changelog", p,
+                     committed, extra={"partition": p, "offset": committed})
+            return local
+        res = self.restore(p, committed)
+        if res.marker_next != committed:
+            log.warning("partition %d: the changelog %s has no marker at the committed offset %d (newest at or below: "
+                        "%s); it was not written by every round (state_store was local?)%s", p, self.topic, committed,
+                        res.marker_next, "; using the local checkpoint" if local is not None else "",
+                        extra={"partition": p, "offset": committed})
+            if local is not None:
+                self.written.pop(p, None)
+                return local
+        return Checkpoint(p, committed, model_version, res.columns,
+                          meta={"features": list(features), "source": f"changelog {self.topic}"})
+
+
+def create_changelog_topic(kafka_settings, topic: str, partitions: int) -> bool:
+    """``--create-topics``: the changelog topic with ``partitions`` partitions (compacted); True if created."""
+    from worker.kafka.clients import make_admin
+
+    admin = make_admin(kafka_settings)
+    try:
+        return ensure_changelog_topic(admin, topic, partitions)
+    finally:
+        admin.close()
