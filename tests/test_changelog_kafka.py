@@ -103,3 +103,23 @@ def test_restore_of_an_empty_partition_ends_at_the_fence(clients):
     # the fences themselves are in the log, and a second restore reads past the first fence
     recs = list(read_partition(cons, prod, topic, 1))
     assert [r.key for r in recs] == [cl.FENCE_KEY]
+
+
+def test_create_changelog_topic_and_a_too_small_one_is_refused(kafka_broker):
+    from kafka import KafkaAdminClient
+
+    from worker.kafka.changelog import ChangelogError, create_changelog_topic
+    from worker.settings import KafkaSettings
+
+    k = KafkaSettings(bootstrap_servers=kafka_broker.bootstrap)
+    topic = f"changelog-{uuid.uuid4().hex[:8]}.created"
+    assert create_changelog_topic(k, topic, 3) is True
+    assert create_changelog_topic(k, topic, 3) is False
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+    try:
+        parts = [t for t in admin.describe_topics([topic]) if t.get("name", t.get("topic")) == topic][0]["partitions"]
+        assert len(parts) == 3
+        with pytest.raises(ChangelogError, match="3 partitions, the readings topic 4"):
+            ensure_changelog_topic(admin, topic, 4)
+    finally:
+        admin.close()

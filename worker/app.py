@@ -793,7 +793,7 @@ class Worker:
                 except (ValueError, KeyError) as e:  # columns of another shape: another kind of model
                     self.detector.drop_partition(p)
                     self._fatal = FatalCheckpointError(
-                        f"partition {p}: checkpoint {self.store.generations(p)[0]} (model {ck.model_version!r}) does not "
+                        f"partition {p}: checkpoint {ck.meta.get("source") or self.store.generations(p)[0]} (model {ck.model_version!r}) does not "
                         f"fit the loaded artifact {self.model_version!r} ({e}). Refusing to start: point "
                         "SLOTWATCH_MODEL__PATH at an artifact with the same features, or move the checkpoint folder "
                         "away to start fresh.")

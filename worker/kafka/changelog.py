@@ -74,7 +74,7 @@ def _partition_count(admin, topic: str) -> int | None:
     except Exception:  # noqa: BLE001 - best effort
         return None
     for t in meta:
-        if t.get("topic") == topic:
+        if (t.get("name") or t.get("topic")) == topic:  # kafka-python 3 says "name"
             return len(t.get("partitions") or [])
     return None
 
