@@ -127,6 +127,8 @@ class Worker:
         self.checkpointed: dict[int, int] = {}  # next_offset of the last durable checkpoint
         self._writer = None  # checkpoint writer thread, started with the first background round
         self.changelog = None  # worker.kafka.changelog.ChangelogStore when checkpoint.state_store is kafka/both
+        self._deferred: set = set()  # assigned partitions paused until the loop restores them from the changelog
+        self._loop_thread = None
         self._pending = None  # (future, offsets to commit, {partition: next_offset}, export seconds)
         self.committed: dict[int, int] = {}  # offset last committed to Kafka
         self.outbox: list[list] = []  # [future|None, topic, key, value, headers, kind]
@@ -200,6 +202,7 @@ class Worker:
         log.info("worker started: model %s (threshold %s), %d slots, reading %s as group %s", self.model_version,
                  fmt_threshold(self.detector.threshold), self.detector.slots, self.topic, s.kafka.group_id)
         code = EXIT_OK
+        self._loop_thread = threading.current_thread()
         poll_ms = s.kafka.poll_timeout_ms
         backoff = s.kafka.retry_backoff_ms / 1000
         while not self._stop.is_set():
@@ -216,6 +219,8 @@ class Worker:
             if self._fatal is not None:
                 break
             backoff = s.kafka.retry_backoff_ms / 1000
+            if self._deferred:
+                self._restore_deferred()
             if batch:
                 self._handle(batch)
             if self.watch is not None:
@@ -777,6 +782,12 @@ class Worker:
                           extra={"partition": p})
                 ck = None
             if self.changelog is not None:  # issue 12: state that follows the partition through Kafka
+                if threading.current_thread() is not self._loop_thread:
+                    # a rebalance callback (kafka-python's IO thread: heartbeats wait while it runs): pause the
+                    # partition, the loop restores it (readiness stays false meanwhile)
+                    self.consumer.pause(tp)
+                    self._deferred.add(tp)
+                    continue
                 try:
                     ck = self.changelog.on_assigned(tp, ck if self.settings.checkpoint.state_store == "both"
                                                     else None, self.features, self.model_version)
@@ -793,7 +804,7 @@ class Worker:
                 except (ValueError, KeyError) as e:  # columns of another shape: another kind of model
                     self.detector.drop_partition(p)
                     self._fatal = FatalCheckpointError(
-                        f"partition {p}: checkpoint {ck.meta.get("source") or self.store.generations(p)[0]} (model {ck.model_version!r}) does not "
+                        f"partition {p}: checkpoint {ck.meta.get('source') or self.store.generations(p)[0]} (model {ck.model_version!r}) does not "
                         f"fit the loaded artifact {self.model_version!r} ({e}). Refusing to start: point "
                         "SLOTWATCH_MODEL__PATH at an artifact with the same features, or move the checkpoint folder "
                         "away to start fresh.")
@@ -814,7 +825,16 @@ class Worker:
         self._update_core_metrics()
         self._ready_checks()
 
+    def _restore_deferred(self) -> None:
+        """Restore, on the loop's thread, the partitions an assignment left paused (issue 12)."""
+        tps = sorted(self._deferred & set(self.consumer.assignment()))
+        self._deferred.clear()
+        self.on_assigned(tps)
+        if self._fatal is None and tps:
+            self.consumer.resume(*tps)
+
     def on_revoked(self, tps, lost: bool = False) -> None:
+        self._deferred.difference_update(tps)  # never restored: nothing to save
         if self._closing:
             return
         parts = sorted(tp.partition for tp in tps if tp.topic == self.topic and tp.partition in self.restored)
