@@ -63,7 +63,26 @@ def _score_keys(kafka_broker, topic, expect):
     return by_key
 
 
-def test_state_follows_the_partitions_to_a_worker_without_the_checkpoint_folder(kafka_broker, art1, artifact_1f, tmp_path):
+def test_state_follows_the_partitions_to_a_worker_without_the_checkpoint_folder(kafka_broker, art1, artifact_1f, tmp_path,
+                                                                               monkeypatch):
+    import threading
+    import urllib.request
+
+    from worker.kafka.changelog import ChangelogStore
+
+    seen = []  # (thread, /readyz answer) at each restore: a spy around the real method
+    real_restore = ChangelogStore.restore
+
+    def spy(self, partition, committed):
+        try:
+            code = urllib.request.urlopen(f"http://127.0.0.1:{b.port}/readyz", timeout=2).status
+        except urllib.error.HTTPError as e:
+            code = e.code
+        seen.append((threading.current_thread(), code))
+        return real_restore(self, partition, committed)
+
+    monkeypatch.setattr(ChangelogStore, "restore", spy)
+
     data, ids = sine_fleet(12, 30, 1, seed=21), [f"s{i}" for i in range(12)]
     topics = _setup(kafka_broker, "changelog-move")
     part = partition_by_index(N_PART)
@@ -88,6 +107,7 @@ def test_state_follows_the_partitions_to_a_worker_without_the_checkpoint_folder(
     assert m.consumed._value.get() == len(second)  # resumed at the committed offsets: nothing read again
     assert m.changelog_restored._value.get() == len(ids)
     assert m.changelog_restore_seconds._sum.get() > 0
+    assert len(seen) == N_PART and all(t is b.thread and code == 503 for t, code in seen)  # the loop, not ready
     assert b.stop() == 0
     committed_b = dict(b.worker.committed)
     assert sum(committed_b.values()) == len(first) + len(second)
