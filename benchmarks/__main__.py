@@ -9,6 +9,7 @@ Suites (each also runs alone as ``python -m benchmarks.<suite>``):
 * ``quality``  detection quality vs. two baselines (when the training package provides it)
 * ``episodes`` alert load: episodes per 100 sensor-hours on a healthy fleet
 * ``clients``  kafka-python with/without crc32c vs. confluent-kafka; json vs. orjson/msgspec
+* ``silence``  silent sensors: what the check costs at 100k sensors, how soon it reports
 
 Writes ``<results>/<machine>-<date>.json`` (every suite, the machine, versions and settings),
 ``<machine>-<date>.md`` (the summary) and ``<machine>-<date>.png`` (a chart).
@@ -26,7 +27,7 @@ import traceback
 
 from benchmarks.common import add_results_option, machine, machine_tag, results_dir
 
-SUITES = ["engine", "e2e", "state", "training", "quality", "episodes", "clients"]
+SUITES = ["engine", "e2e", "state", "training", "quality", "episodes", "clients", "silence"]
 
 
 def _run_suite(name: str, quick: bool) -> tuple[dict | None, str]:

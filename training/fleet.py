@@ -183,5 +183,8 @@ def prepare_fleet(
         "val_fraction": val_fraction,
         "sensors_sorted_by_time": n_fixed,
         "repeated_timestamps": n_repeated,
+        # silent sensors (issue 16): each sensor's median interval seeds the worker's cadence
+        "typical_interval_s": {ids[k]: round(float(np.median(np.diff(ts[k, : lengths[k]]))) / 1000.0, 3)
+                               for k in range(s_)},
     }
     return Fleet(ids, list(features), x.astype(np.float32), normal, label, ts, raw, lengths, val_start, mean, std, n_fixed, summary)

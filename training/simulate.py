@@ -23,6 +23,9 @@ variance      the noise of every feature grows 4-7 times (20-60 readings)
 stuck         the sensor repeats its last reading (flatline, 30-80 readings)
 frequency     the daily cycle runs 4-8 times faster (40-100 readings)
 correlated    every feature moves at once in a pattern never seen (20-50 readings)
+silent        the sensor sends nothing (dropout, 8-40 readings); only when asked
+              for (``kinds=[..., "silent"]``): its rows are left out of the frame,
+              and :func:`windows` finds them as gaps in the sensor's time stamps
 ============  ===============================================================
 
 :func:`simulate` is a pure function of its arguments (same seed, same frame):
@@ -52,6 +55,8 @@ HELP = "write a synthetic sensor fleet with labeled anomalies (CSV/Parquet, or t
 log = logging.getLogger("slotwatch.simulate")
 
 KINDS = ("spike", "level_shift", "drift", "variance", "stuck", "frequency", "correlated")
+#: every kind; ``silent`` (issue 16) is not in the default set, so default fleets stay as they were
+ALL_KINDS = KINDS + ("silent",)
 STEP_S = 900  # one reading every 15 minutes
 DAY = 86_400 // STEP_S  # readings per day (96)
 WEEK = 7 * DAY
@@ -69,6 +74,7 @@ _LENGTHS = {
     "stuck": (30, 80),
     "frequency": (40, 100),
     "correlated": (20, 50),
+    "silent": (8, 40),
 }
 
 
@@ -108,9 +114,9 @@ def simulate(
         raise SimulationError(f"need at least 1 sensor and 2 steps, got {n_sensors} sensors, {steps} steps")
     if not feats or len(set(feats)) != len(feats):
         raise SimulationError(f"features must be distinct names, got {feats}")
-    bad = [k for k in kinds if k not in KINDS]
+    bad = [k for k in kinds if k not in ALL_KINDS]
     if bad:
-        raise SimulationError(f"unknown anomaly kind(s) {bad}; known: {list(KINDS)}")
+        raise SimulationError(f"unknown anomaly kind(s) {bad}; known: {list(ALL_KINDS)}")
     kinds = [k for k in kinds if not (k == "correlated" and len(feats) < 2)]
     # separate streams: the sensors (fleet_seed), their noise and regimes, their anomalies
     fleet_seed = seed if fleet_seed is None else fleet_seed
@@ -210,6 +216,8 @@ def simulate(
         df[name] = np.round(vt[:, j], 6)
     df["label"] = label.T.reshape(-1)
     df["anomaly_kind"] = kind_of.T.reshape(-1)
+    if "silent" in kinds:  # dropouts: the sensor sent nothing (windows() finds the gaps)
+        df = df[df["anomaly_kind"].to_numpy() != "silent"].reset_index(drop=True)
     return df
 
 
@@ -238,6 +246,9 @@ def _regimes(rng: np.random.Generator, s_: int, t_: int) -> np.ndarray:
 def windows(df: pd.DataFrame) -> pd.DataFrame:
     """The labeled anomaly windows of a simulated frame: sensor_id, kind, start/end ts and rows.
 
+    Dropouts (kind ``silent``) have no rows: they are the gaps in a sensor's time stamps
+    longer than 1.5 of its usual (median) interval; start/end are the missing readings' times.
+
     >>> w = windows(simulate(2, 800, ["temp"], seed=3))
     >>> list(w.columns), bool((w["length"] > 0).all())
     (['sensor_id', 'kind', 'start_ts', 'end_ts', 'length'], True)
@@ -250,7 +261,13 @@ def windows(df: pd.DataFrame) -> pd.DataFrame:
         edges = np.flatnonzero(np.diff(np.concatenate([[0], lab, [0]])))
         for a, b in zip(edges[::2], edges[1::2]):
             rows.append((sid, kind[a], int(ts[a]), int(ts[b - 1]), int(b - a)))
-    return pd.DataFrame(rows, columns=["sensor_id", "kind", "start_ts", "end_ts", "length"])
+        d = np.diff(ts)
+        if len(d) >= 2:
+            step = int(np.median(d))
+            for k in np.flatnonzero(d > 1.5 * step).tolist():
+                rows.append((sid, "silent", int(ts[k]) + step, int(ts[k + 1]) - step, int(round(d[k] / step)) - 1))
+    out = pd.DataFrame(rows, columns=["sensor_id", "kind", "start_ts", "end_ts", "length"])
+    return out.sort_values(["sensor_id", "start_ts"], kind="stable").reset_index(drop=True)
 
 
 def messages(df: pd.DataFrame, features: Sequence[str]) -> Iterator[tuple[str, dict, int]]:
@@ -344,7 +361,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fleet-seed", type=int, default=None, help="seed of the sensors themselves (default: --seed); same fleet seed, other seed = same sensors, new data")
     p.add_argument("--start-step", type=int, default=0, help="first reading's index (e.g. the previous run's --steps, to simulate the future of the same fleet)")
     p.add_argument("--anomaly-every", type=int, default=400, help="about one anomaly per this many readings per sensor")
-    p.add_argument("--kinds", default=",".join(KINDS), help=f"anomaly kinds to inject (default all: {','.join(KINDS)})")
+    p.add_argument("--kinds", default=",".join(KINDS),
+                   help=f"anomaly kinds to inject (default: {','.join(KINDS)}; also: silent, a dropout with no readings)")
     p.add_argument("--out", type=Path, default=None, help="write a .csv/.parquet file (label and anomaly_kind included)")
     p.add_argument("--to-kafka", action="store_true", help="send the readings to the readings topic (SLOTWATCH_KAFKA__*)")
     p.add_argument("--topic", default=None, help="topic for --to-kafka (default SLOTWATCH_KAFKA__READINGS_TOPIC)")

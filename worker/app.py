@@ -75,6 +75,7 @@ class Worker:
         from worker.codec import ReadingCodec
         from worker.core import artifact as art
         from worker.core.detector import SlotDetector
+        from worker.core.silence import tracker_from
         from worker.metrics import Metrics
 
         self.settings = s = settings
@@ -91,11 +92,13 @@ class Worker:
             threshold=s.model.threshold,
             warmup=s.model.warmup,
             recent=s.model.recent_readings,
+            silence=tracker_from(s.silence, mf.training),
             scoring=s.scoring,
             episodes=s.episodes.params(),
             max_sensors=s.limits.max_sensors,
             max_sensor_id_bytes=s.limits.max_sensor_id_bytes,
         )
+        self._stall: dict[int, list] = {}  # partition -> [stream time (or offset) seen, monotonic since, warned]
         self.codec = ReadingCodec(self.features, s.kafka.max_message_bytes, max_sensor_id_bytes=s.limits.max_sensor_id_bytes,
                                   max_future_s=s.limits.max_future_s)
         self.topic = s.kafka.readings_topic
@@ -227,6 +230,7 @@ class Worker:
                 self.watch.tick()
             self._maybe_checkpoint()
             self._maybe_probe()
+            self._watch_streams()
         if self._fatal is not None:
             log.error("%s", self._fatal)
             code = EXIT_CHECKPOINT
@@ -341,6 +345,7 @@ class Worker:
             observe_many(m.processing, np.full(len(ts_scored), max(0.0, now - arrived)))
         for rej, raw in rejects:
             self._dead_letter(rej, raw)
+        self._publish_silence()
         self.rejection_log.flush_due()
         self._update_core_metrics()
         if len(self.outbox) > 20_000:
@@ -524,6 +529,50 @@ class Worker:
             gone = det.drain_evicted()
             log.info("evicted %d idle sensors to stay within %d (e.g. %s)", ev, det.max_sensors,
                      gone[0][0] if gone else "?", extra={"evicted": ev})
+        if det.silence is not None:  # also after a restore or a revocation
+            m.silent_sensors.set(det.silence.silent_count)
+
+    # ------------------------------------------------------------------ silent sensors (issue 16)
+    def _publish_silence(self) -> None:
+        """Silent-sensor episodes of the last batch to the anomalies topic; their metrics."""
+        sil = self.detector.silence
+        if sil is None:
+            return
+        from worker.codec import encode_silence
+
+        m = self.metrics
+        events = sil.drain()
+        topic = self.settings.kafka.anomalies_topic
+        for ev in events:
+            self._send(topic, ev.sensor_id.encode("utf-8"), encode_silence(ev, self.model_version), None, "episode")
+            m.silence_episodes.labels(ev.event).inc()
+            log.debug("sensor %s", "silent" if ev.event == "open" else f"back ({ev.close_reason})",
+                      extra={"sensor_id": ev.sensor_id, "partition": ev.partition})
+        if events:
+            n_open = sum(ev.event == "open" for ev in events)
+            log.info("silent sensors: %d went silent, %d came back; %d silent now", n_open, len(events) - n_open,
+                     sil.silent_count)
+        forgotten = sil.stats.forgotten - getattr(self, "_forgotten_seen", 0)
+        if forgotten:
+            m.silence_forgotten.inc(forgotten)
+            self._forgotten_seen = sil.stats.forgotten
+
+    def _watch_streams(self) -> None:
+        """Wall-clock watchdog: seconds since each owned partition's stream time advanced (a stopped producer)."""
+        sil = self.detector.silence
+        now = time.monotonic()
+        limit = self.settings.silence.watchdog_s
+        for p in self.restored:
+            mark = sil.stream.get(p) if sil is not None else self.applied.get(p)  # offsets when the tracker is off
+            st = self._stall.get(p)
+            if st is None or st[0] != mark:
+                self._stall[p] = st = [mark, now, False]
+            stalled = now - st[1]
+            self.metrics.stream_stall.labels(str(p)).set(stalled)
+            if stalled > limit and not st[2]:
+                st[2] = True
+                log.warning("partition %d: stream time has not advanced for %.0f s (a stopped producer?)", p, stalled,
+                            extra={"partition": p})
 
     # ------------------------------------------------------------------ output
     def _send(self, topic: str, key, value: bytes, headers, kind: str) -> None:
@@ -642,7 +691,8 @@ class Worker:
                 if self.changelog is not None:
                     rounds.append(self.changelog.prepare(p, cols, nxt, self.model_version))
                 cks.append(Checkpoint(p, nxt, self.model_version, cols, meta={
-                    "topic": self.topic, "client_id": self.settings.kafka.client_id, "features": self.features}))
+                    "topic": self.topic, "client_id": self.settings.kafka.client_id, "features": self.features,
+                    **self.detector.silence_meta(p)}))
                 written[p] = nxt
             if self.committed.get(p) != nxt:
                 offsets[TopicPartition(self.topic, p)] = OffsetAndMetadata(nxt, f"slotwatch {self.model_version}", -1)
@@ -809,6 +859,7 @@ class Worker:
                         "SLOTWATCH_MODEL__PATH at an artifact with the same features, or move the checkpoint folder "
                         "away to start fresh.")
                     return
+                self.detector.restore_silence(p, ck.meta)
                 if warmed:
                     self.metrics.handover_warmed.labels("restore").inc(warmed)
                 self.applied[p] = ck.next_offset - 1
@@ -869,7 +920,8 @@ class Worker:
             if self.changelog is not None:
                 self.changelog.forget(p)
             self.committed.pop(p, None)
-            for gauge in (self.metrics.lag, self.metrics.committed_offset):
+            self._stall.pop(p, None)
+            for gauge in (self.metrics.lag, self.metrics.committed_offset, self.metrics.stream_stall):
                 try:
                     gauge.remove(str(p))
                 except KeyError:

@@ -240,3 +240,48 @@ def dead_letter_headers(rej: Rejection, source_topic: str) -> list[tuple[str, by
     if rej.sensor_id is not None:
         h.append(("sensor_id", rej.sensor_id.encode("utf-8", "replace")))
     return h
+
+
+def silence_dict(ev, model_version: str) -> dict:
+    """The episode message of a silent sensor (anomalies topic, key: the sensor id), in the
+    shared episode schema with ``kind`` "silent" (README, "Message formats").
+
+    ``ev`` is a :class:`worker.core.silence.SilenceEvent`.  A silent episode has no score:
+    ``open`` carries the typical interval it was held to; ``close`` the duration and an
+    estimate of the readings missed (from the typical interval).
+    """
+    d = {
+        "type": "episode",
+        "event": ev.event,
+        "kind": "silent",
+        "sensor_id": ev.sensor_id,
+        "episode_id": ev.episode_id,
+        "start_ts": format_ts(ev.start_ts_ms),
+        "start_ts_ms": int(ev.start_ts_ms),
+        "ts": format_ts(ev.ts_ms),
+        "ts_ms": int(ev.ts_ms),
+        "model_version": model_version,
+        "expected_interval_s": float(ev.expected_interval_s),
+    }
+    if ev.event == "close":
+        d.update({
+            "end_ts": format_ts(ev.ts_ms),
+            "end_ts_ms": int(ev.ts_ms),
+            "duration_s": float(ev.duration_s),
+            "readings_flagged": 0,
+            "close_reason": ev.close_reason,
+            "readings_missed": ev.readings_missed,
+        })
+    return d
+
+
+def encode_silence(ev, model_version: str) -> bytes:
+    """Deterministic bytes of a silent-sensor episode event: same event, same bytes.
+
+    >>> from worker.core.silence import SilenceEvent
+    >>> encode_silence(SilenceEvent("open", "p1", 0, 0, 300_000, 60.0), "v1")[:72]
+    b'{"type":"episode","event":"open","kind":"silent","sensor_id":"p1","episo'
+    >>> json.loads(encode_silence(SilenceEvent("close", "p1", 0, 0, 420_000, 60.0, 6, "returned"), "v1"))["duration_s"]
+    420.0
+    """
+    return json.dumps(silence_dict(ev, model_version), separators=(",", ":"), allow_nan=False).encode("utf-8")

@@ -164,6 +164,25 @@ class Metrics:
         self.changelog_restored = Counter(
             "slotwatch_changelog_restored_sensors_total", "Sensors restored from the state changelog.", registry=r)
 
+        # silent sensors (issue 16): by kind, never per sensor; the stall gauge per partition (few)
+        self.published.labels("episode")
+        self.silent_sensors = Gauge(
+            "slotwatch_silent_sensors", "Sensors in an open silent episode (their partition's stream time moved on without them).", registry=r
+        )
+        self.silence_episodes = Counter(
+            "slotwatch_silence_episodes_total", "Silent-sensor episode events published, by event (open, close).", ["event"], registry=r
+        )
+        for event in ("open", "close"):
+            self.silence_episodes.labels(event)
+        self.silence_forgotten = Counter(
+            "slotwatch_silence_forgotten_total", "Evicted sensors dropped from the full last-seen table (SLOTWATCH_SILENCE__LAST_SEEN_SIZE).", registry=r
+        )
+        self.stream_stall = Gauge(
+            "slotwatch_partition_stream_stall_seconds",
+            "Wall-clock seconds since an owned partition's stream time (newest reading time) last advanced, per input partition.",
+            ["partition"], registry=r,
+        )
+
     def _checkpoint_age(self) -> float:
         last = self.checkpoint_last._value.get()  # noqa: SLF001 - prometheus_client keeps it here
         return 0.0 if last == 0 else max(0.0, time.time() - last)

@@ -269,6 +269,7 @@ class ModelWatch:
             log.warning("model candidate %s: checkpoint before the switch did not complete; retrying", a.version)
             return
         old = w.model_version
+        cand.adopt_silence(w.detector)  # issue 16: the silence tracker goes on with the new detector
         w.detector, w.artifact, w.model_version = cand, a, a.version
         w._stats = w._stats_snapshot()
         w.checkpointed.clear()  # the next round writes every partition under the new version

@@ -6,6 +6,13 @@ One output row per input row: sensor_id, ts, the values, expected values, error,
 is_anomaly, warming_up, surprise, episode (the episode events the row caused: ``open``,
 ``close:<reason>``, joined by ``;``) (and label when the input has one; rejected rows carry
 the reason).
+
+Silent sensors (``SLOTWATCH_SILENCE__*``) are tracked in stream time exactly as the worker
+does; ``--silent-episodes FILE`` writes their episode messages (JSON lines, the bytes the worker
+publishes on the anomalies topic).  Stream time is per Kafka partition in the worker:
+``--partitions N`` assigns each sensor the partition Kafka's default partitioner gives its
+key (murmur2 of the sensor id), so that a replay of what went through N partitions gives
+the same episodes; without it the file is one stream.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ log = logging.getLogger("slotwatch.replay")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from worker.argtypes import positive_int
+    from worker.argtypes import non_negative_int, positive_int
 
     p.add_argument("--model", required=True, type=Path, help="artifact directory (or a folder with a `latest` pointer)")
     p.add_argument("--data", required=True, type=Path, help="input file: sensor_id, ts, feature columns[, label]")
@@ -29,10 +36,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=positive_int, default=2000, help="readings per call, like one Kafka poll (default 2000)")
     p.add_argument("--threshold", type=float, default=None, help="override the artifact's threshold")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (none either when stderr is not a terminal)")
+    p.add_argument("--silent-episodes", type=Path, default=None,
+                   help="write the silent-sensor episode messages here (JSON lines, as published by the worker)")
+    p.add_argument("--partitions", type=non_negative_int, default=0, metavar="N",
+                   help="stream time per partition, as the worker sees the readings topic with N partitions "
+                        "(Kafka's default partitioner on the sensor id); 0: one stream (default)")
 
 
-def replay_frame(detector, df, features, chunk: int = 2000, progress: bool = False):
-    """Score a frame from :func:`worker.datafile.load_readings`; returns the output frame."""
+def kafka_partition(sensor_id: str, n_partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2 of the key) gives a sensor id.
+
+    >>> kafka_partition("pump-17", 1)
+    0
+    """
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(sensor_id.encode("utf-8")) & 0x7FFFFFFF) % n_partitions
+
+
+def replay_frame(detector, df, features, chunk: int = 2000, progress: bool = False, silence_events: list | None = None,
+                 partitions: int = 0):
+    """Score a frame from :func:`worker.datafile.load_readings`; returns the output frame.
+
+    ``silence_events``: a list that receives the silent-sensor events (:class:`worker.core.silence.
+    SilenceEvent`) when the detector tracks silence; ``partitions``: see ``--partitions``.
+    """
     import numpy as np
     import pandas as pd
 
@@ -53,6 +81,10 @@ def replay_frame(detector, df, features, chunk: int = 2000, progress: bool = Fal
     warm = np.zeros(n, bool)
     reason = np.full(n, "", dtype=object)
     reason[~finite] = "non_finite"
+    part = np.full(n, -1, np.int64)
+    if partitions:
+        of = {sid: kafka_partition(str(sid), partitions) for sid in pd.unique(ids)}
+        part = np.fromiter((of[sid] for sid in ids), np.int64, n)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -61,7 +93,7 @@ def replay_frame(detector, df, features, chunk: int = 2000, progress: bool = Fal
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         pos = [i for i in range(start, stop) if finite[i]]
-        batch = [Reading(ids[i], int(ts[i]), vals[i], offset=i) for i in pos]
+        batch = [Reading(ids[i], int(ts[i]), vals[i], partition=int(part[i]), offset=i) for i in pos]
         for i, res in zip(pos, detector.process(batch)):
             if isinstance(res, Rejection):
                 reason[i] = res.reason
@@ -74,6 +106,10 @@ def replay_frame(detector, df, features, chunk: int = 2000, progress: bool = Fal
                 episode[i] = ";".join(e.event if e.event == "open" else f"close:{e.close_reason}" for e in res.episodes)
             anom[i] = res.is_anomaly
             warm[i] = res.warming_up
+        if detector.silence is not None:
+            got = detector.silence.drain()
+            if silence_events is not None:
+                silence_events.extend(got)
         if bar:
             bar.update(stop - start)
     if bar:
@@ -97,7 +133,9 @@ def replay_frame(detector, df, features, chunk: int = 2000, progress: bool = Fal
 
 def main(args: argparse.Namespace) -> int:
     from worker.core import artifact as art
+    from worker.codec import encode_silence
     from worker.core.detector import SlotDetector
+    from worker.core.silence import tracker_from
     from worker.datafile import DataFileError, load_readings, write_table
     from worker.logs import setup_logging
     from worker.settings import Settings
@@ -127,13 +165,25 @@ def main(args: argparse.Namespace) -> int:
         threshold=args.threshold if args.threshold is not None else settings.model.threshold,
         warmup=settings.model.warmup,
         recent=settings.model.recent_readings,
+        silence=tracker_from(settings.silence, a.manifest.training),
         scoring=settings.scoring,
         episodes=settings.episodes.params(),
     )
     from worker.progress import want_progress
 
-    out = replay_frame(det, df, features, chunk=args.chunk, progress=want_progress(not args.no_progress))
+    events: list = []
+    out = replay_frame(det, df, features, chunk=args.chunk, progress=want_progress(not args.no_progress),
+                       silence_events=events,
+                       partitions=args.partitions)
     write_table(out, args.out)
+    if args.silent_episodes is not None:
+        with open(args.silent_episodes, "wb") as fh:
+            for ev in events:
+                fh.write(encode_silence(ev, a.version) + b"\n")
+    if events:
+        log.info("silent sensors: %d episodes opened, %d closed%s", sum(e.event == "open" for e in events),
+                 sum(e.event == "close" for e in events), f" -> {args.silent_episodes}" if args.silent_episodes else
+                 " (--silent-episodes FILE writes them)")
     rejected = int((out["rejected"] != "").sum())
     log.info(
         "replayed %d readings of %d sensors with model %s in %d slots: %d anomalies, %d rejected -> %s",

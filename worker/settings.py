@@ -245,6 +245,28 @@ class HandoverSettings(BaseModel):
     force: bool = Field(False, description="Promote a candidate even when the shadow check fails (it is still scored in shadow and logged).")
 
 
+class SilenceSettings(BaseModel):
+    """Silent sensors (issue 16): a sensor whose partition's stream time moves on without it."""
+
+    enabled: bool = Field(True, description="Report sensors that stop reporting as `silent` episodes on the anomalies topic.")
+    multiple: float = Field(
+        5.0, gt=1, description="Silent after this many typical intervals of the sensor without a reading (stream time)."
+    )
+    floor_s: float = Field(60.0, ge=0, description="...and never before this many seconds of stream time.")
+    spread_weight: float = Field(
+        2.0, ge=0, description="Irregular sensors get more room: the limit is widened by exp(weight x spread of log-intervals)."
+    )
+    min_intervals: int = Field(
+        3, ge=1, description="Intervals learned before a sensor the artifact does not know can be reported silent."
+    )
+    watchdog_s: float = Field(
+        600.0, gt=0, description="Log a warning when an owned partition's stream time has not advanced for this long (wall clock)."
+    )
+    last_seen_size: int = Field(
+        100_000, ge=0, description="Evicted sensors whose silence is still tracked (oldest forgotten first)."
+    )
+
+
 class MetricsSettings(BaseModel):
     """The HTTP endpoint for /metrics, /healthz and /readyz."""
 
@@ -306,6 +328,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    silence: SilenceSettings = Field(default_factory=SilenceSettings)
     shutdown_grace_s: float = Field(20.0, gt=0, description="SIGTERM: finish, checkpoint, commit and exit within this.")
 
     @classmethod

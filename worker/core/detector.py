@@ -57,6 +57,9 @@ from worker.core.scorer import (
 )
 from worker.state.table import NO_TS, StateTable
 
+#: the state-table columns of the silence tracker (worker.core.silence)
+SILENCE_COLUMNS = ("sil_last_ts", "sil_stream_ts", "cad_n", "cad_log", "cad_dev", "sil_due_ts")
+
 _MIN_STD_FRACTION = 1e-3  # an online-learned std never drops below this share of the fleet's
 
 
@@ -87,6 +90,7 @@ class SlotDetector:
         warmup: int | None = None,
         recent: int = 16,
         jit_compile: bool = True,
+        silence=None,
         scoring: object | None = None,
         max_sensors: int | None = None,
         max_sensor_id_bytes: int = 256,
@@ -133,6 +137,9 @@ class SlotDetector:
         self._tick_log: list[tuple[float, int]] = []  # (seconds, readings) per tick, see drain_ticks
         self._x = np.zeros((slots, 1, f), np.float32)
         self._mask = np.zeros(slots, bool)
+        self.silence = silence  # worker.core.silence.SilenceTracker, or None (off)
+        self._seq_rows: np.ndarray | None = None  # per input position of a batch: row applied (-1: not), time
+        self._seq_ts: np.ndarray | None = None
 
     @staticmethod
     def _adapt_params(cal, scoring) -> AdaptParams:
@@ -158,6 +165,9 @@ class SlotDetector:
         Every check that can reject a reading runs here, before any state changes.
         """
         out: list[Score | Rejection | None] = [None] * len(readings)
+        if self.silence is not None:
+            self._seq_rows = np.full(len(readings), -1, np.int64)
+            self._seq_ts = np.zeros(len(readings), np.int64)
         table = self.table
         index = table.index
         last_ts = table.cols["last_ts"]
@@ -210,6 +220,8 @@ class SlotDetector:
                 self._tick(chunk, [groups[s][rnd] for s in chunk], readings, out)
             rnd += 1
             order = [s for s in order if len(groups[s]) > rnd]
+        if self.silence is not None and readings:
+            self.silence.observe(table, self._seq_rows, self._seq_ts)
         return out  # type: ignore[return-value]
 
     def _invalid(self, readings: Sequence[Reading]) -> dict[int, tuple[str, str]]:
@@ -299,6 +311,7 @@ class SlotDetector:
             self.router.release(sid)
             if len(self._evicted) < 100_000:  # bounded if nobody drains it
                 self._evicted.append((sid, int(parts[r]), int(lt[r])))
+        self.silence_evicted(cand)  # silent sensors stay known as silent (issue 16)
         table.remove_rows(cand)
         self.stats.evicted_idle += len(cand)
         return len(cand)
@@ -385,6 +398,10 @@ class SlotDetector:
         x = np.array([r.values for r in batch], dtype=np.float64)
         if x.shape != (n, self.n_features):
             raise ValueError(f"readings have values of shape {x.shape[1:]}, the model takes ({self.n_features},)")
+        if self._seq_rows is not None:  # for the silence tracker: what was applied where
+            pos = np.fromiter(idx, np.int64, n)
+            self._seq_rows[pos] = rows
+            self._seq_ts[pos] = ts
 
         # sequence boundaries: explicit reset, or a gap longer than max_gap
         count = c["count"][rows]
@@ -569,9 +586,46 @@ class SlotDetector:
         self.episodes.table = self.table
         self._evicted = []
         self._episode_events = []
+        if self.silence is not None:
+            self.silence.reset()
+
+    def silence_meta(self, partition: int) -> dict:
+        """Checkpoint meta of the silence tracker for ``partition`` ({} when it is off)."""
+        return {} if self.silence is None else {"silence": self.silence.export_meta(partition)}
+
+    def restore_silence(self, partition: int, meta: dict | None) -> None:
+        """After :meth:`import_partition`: rebuild the partition's silence state from its checkpoint."""
+        if self.silence is not None:
+            self.silence.restore(self.table, partition, (meta or {}).get("silence"))
+
+    def adopt_silence(self, old: "SlotDetector") -> None:
+        """A live model swap (issue 15): take over ``old``'s silence tracker and its per-sensor columns
+        (the candidate's copies stopped when it was warmed; ``old`` tracked every reading since)."""
+        sil = old.silence
+        if sil is None:
+            return
+        self.silence = sil
+        n = old.table.n_rows
+        index = self.table.index
+        pairs = [(r, index[sid]) for r, sid in enumerate(old.table.ids[:n]) if sid in index]
+        if pairs:
+            src = np.fromiter((a for a, _ in pairs), np.int64, len(pairs))
+            dst = np.fromiter((b for _, b in pairs), np.int64, len(pairs))
+            for name in SILENCE_COLUMNS:
+                self.table.cols[name][dst] = old.table.cols[name][src]
+        for p in sorted(set(sil.stream) | set(sil.heaps)):
+            sil.restore(self.table, p, sil.export_meta(p))  # heaps rebuilt over this table, same open episodes
+
+    def silence_evicted(self, rows: np.ndarray) -> None:
+        """Call before dropping rows of sensors for good (a sensor cap's eviction): the silence
+        tracker keeps their last-seen records, so a silent one stays known as silent."""
+        if self.silence is not None:
+            self.silence.evicted(self.table, rows)
 
     def drop_partition(self, partition: int) -> int:
         """Forget every sensor of a partition (it moved to another worker)."""
+        if self.silence is not None:
+            self.silence.drop_partition(partition)
         rows = self.table.rows_of_partition(partition)
         for r in rows:
             sid = self.table.ids[r]

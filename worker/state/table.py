@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 NO_TS = np.iinfo(np.int64).min
+NEVER_TS = np.iinfo(np.int64).max  # a deadline that never comes
 
 # name -> (dtype, trailing shape kind); "S": state_size, "F": features, "RF": recent x F, "R": recent
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -57,6 +58,30 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "adapt_quiet": ("int64", ""),  # unflagged readings in a row within it
     "adapt_err_mean": ("float64", ""),  # its error mean / variance (what acceptance adopts)
     "adapt_err_var": ("float64", ""),
+    # silent sensors (issue 16, worker.core.silence): cadence and last-seen times, kept out of
+    # clear_rows so that a reset does not forget how often a sensor reports
+    "sil_last_ts": ("int64", ""),  # ms of the sensor's last reading the silence tracker saw
+    "sil_stream_ts": ("int64", ""),  # the partition's stream time (newest reading time) just after it
+    "cad_n": ("int32", ""),  # inter-arrival intervals learned (the artifact's seed counts as min_intervals)
+    "cad_log": ("float64", ""),  # EWMA of log(interval in seconds)
+    "cad_dev": ("float64", ""),  # EWMA of |log-interval - cad_log| (spread)
+    "sil_due_ts": ("int64", ""),  # stream time after which the sensor is silent (NEVER_TS: cadence unknown)
+    "sil_heap_ts": ("int64", ""),  # deadline of its entry in the tracker's heap (transient: not checkpointed)
+}
+
+#: columns that only mirror in-memory structures and are rebuilt on import, never checkpointed
+TRANSIENT = {"sil_heap_ts"}
+
+#: columns an older checkpoint may lack, and how import fills them (documented in the README):
+#: the silence tracker's times start from the sensor's last applied reading, its cadence is unlearned
+IMPORT_DEFAULTS = {
+    "sil_last_ts": lambda data: data["last_ts"],
+    "sil_stream_ts": lambda data: data["last_ts"],
+    "cad_n": lambda data: 0,
+    "cad_log": lambda data: 0.0,
+    "cad_dev": lambda data: 0.0,
+    "sil_due_ts": lambda data: NEVER_TS,  # an older checkpoint's sensors are not reported silent before they report again
+    "sil_heap_ts": lambda data: NEVER_TS,
 }
 
 #: columns an older checkpoint may lack, and the value its sensors get on import (others: 0)
@@ -151,6 +176,10 @@ class StateTable:
         c = self.cols
         c["last_ts"][rows] = NO_TS
         c["recent_ts"][rows] = NO_TS
+        c["sil_last_ts"][rows] = NO_TS
+        c["sil_stream_ts"][rows] = NO_TS
+        c["sil_due_ts"][rows] = NEVER_TS
+        c["sil_heap_ts"][rows] = NEVER_TS
         c["slot"][rows] = -1
         c["partition"][rows] = partition
         c["last_offset"][rows] = -1
@@ -181,7 +210,7 @@ class StateTable:
 
     def export_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Copies of the columns for ``rows`` plus their ids under ``"sensor_id"``."""
-        out = {name: self.cols[name][rows].copy() for name in COLUMNS}
+        out = {name: self.cols[name][rows].copy() for name in COLUMNS if name not in TRANSIENT}
         out["sensor_id"] = np.array([self.ids[r] for r in rows], dtype=object)
         return out
 
@@ -196,7 +225,11 @@ class StateTable:
         for name, (_, kind) in COLUMNS.items():
             want = self._shape(kind, len(ids))
             arr = data.get(name)
-            if arr is None and name in COLUMN_DEFAULTS:  # a checkpoint written before the column existed
+            if name in TRANSIENT or (arr is None and name in IMPORT_DEFAULTS):  # issue 16's columns
+                arr = IMPORT_DEFAULTS[name](data)
+                if np.ndim(arr) == 0:
+                    arr = np.full(want, arr, dtype=self.cols[name].dtype)
+            elif arr is None and name in COLUMN_DEFAULTS:  # a checkpoint written before the column existed
                 arr = np.full(want, COLUMN_DEFAULTS[name], dtype=self.cols[name].dtype)
             elif arr is None:
                 raise KeyError(f"column {name} missing")
