@@ -164,3 +164,26 @@ def test_fence_and_unknown_internal_keys_are_not_sensors_and_a_missing_schema_is
         cl.fold(recs[1:], 10)
     with pytest.raises(cl.CorruptChangelog, match="header"):
         cl.fold([cl.ChangelogRecord(b"a", recs[1].value, [])], 10)
+
+
+def test_the_worker_side_writes_changed_rows_and_every_row_after_a_model_swap():
+    from worker.kafka.changelog import ChangelogStore
+
+    store = ChangelogStore(None, None, "unused")  # prepare/acked touch no broker
+    t = _table([f"s{i}" for i in range(20)])
+    rows_of = lambda rnd: [r.key for r in rnd[1] if not r.key.startswith(b"__")]  # noqa: E731
+    rnd = store.prepare(2, _export(t, "v1"), 100, "v1")
+    assert len(rows_of(rnd)) == 20  # first round: everything
+    store.acked([rnd])
+    t.cols["last_offset"][[3, 7]] += 1
+    rnd = store.prepare(2, _export(t, "v1"), 110, "v1")
+    assert rows_of(rnd) == [b"s3", b"s7"]
+    store.acked([rnd])
+    rnd = store.prepare(2, _export(t, "v2"), 120, "v2")  # a live swap: every row's state changed
+    assert len(rows_of(rnd)) == 20 and {dict(r.headers)[cl.H_VERSION] for r in rnd[1]} == {b"v2"}
+    rnd_unacked = store.prepare(2, _export(t, "v2"), 120, "v2")
+    assert len(rows_of(rnd_unacked)) == 20  # not acknowledged yet: still to write
+    store.acked([rnd_unacked])
+    assert rows_of(store.prepare(2, _export(t, "v2"), 130, "v2")) == []
+    store.forget(2)
+    assert len(rows_of(store.prepare(2, _export(t, "v2"), 140, "v2"))) == 20

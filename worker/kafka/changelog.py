@@ -28,6 +28,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
+
 from worker.checkpointing.changelog import FENCE_KEY, ChangelogRecord, Restored, fold
 
 log = logging.getLogger("slotwatch.changelog")
@@ -203,33 +205,46 @@ class ChangelogStore:
         self.timeout_s = timeout_s
         self.writer = ChangelogWriter(producer, topic)
         self.written: dict[int, dict[str, int]] = {}
+        # model version of the partition's rows in the changelog: a live model swap changes every row's
+        # state without a reading, so the first round under another version writes every row
+        self.versions: dict[int, str | None] = {}
 
     def prepare(self, partition: int, columns, next_offset: int, model_version: str):
         """This round's records of ``partition`` (``columns``: its export, with the ``model_version`` column)."""
         from worker.checkpointing import changelog as cl
 
         known = self.written.setdefault(partition, {})
-        rows = cl.select_changed(columns, known)
+        if self.versions.get(partition) != model_version:
+            rows = np.arange(len(columns["sensor_id"]))
+        else:
+            rows = cl.select_changed(columns, known)
         removed = cl.removed_ids(columns, known)
         recs = cl.encode_round(partition, next_offset, columns, rows, model_version, removed)
-        return partition, recs, columns, rows, removed
+        return partition, recs, columns, rows, removed, model_version
 
     def write(self, rounds, timeout_s: float | None = None) -> int:
         """Produce every prepared round, wait for all acknowledgements; returns the bytes written."""
         from worker.checkpointing import changelog as cl
 
         futures, total, n = [], 0, 0
-        for partition, recs, _, _, _ in rounds:
+        for partition, recs, *_ in rounds:
             futures += self.writer.send(partition, recs)
             total += sum(len(r.key) + len(r.value or b"") for r in recs)
             n += len(recs)
         self.writer.wait(futures, self.timeout_s if timeout_s is None else timeout_s)
-        for partition, _, columns, rows, removed in rounds:
-            cl.note_written(self.written.setdefault(partition, {}), columns, rows, removed)
+        self.acked(rounds)
         if self.metrics is not None:
             self.metrics.changelog_records.inc(n)
             self.metrics.changelog_bytes.inc(total)
         return total
+
+    def acked(self, rounds) -> None:
+        """Remember what acknowledged rounds put in the changelog (the next round writes only what changed)."""
+        from worker.checkpointing import changelog as cl
+
+        for partition, _, columns, rows, removed, version in rounds:
+            cl.note_written(self.written.setdefault(partition, {}), columns, rows, removed)
+            self.versions[partition] = version
 
     def restore(self, partition: int, committed: int) -> Restored:
         """The partition's sensors as of readings offset ``committed`` (see :func:`restore_partition`)."""
@@ -267,6 +282,7 @@ class ChangelogStore:
 
     def forget(self, partition: int) -> None:
         self.written.pop(partition, None)
+        self.versions.pop(partition, None)
 
     def on_assigned(self, tp, local, features: list[str], model_version: str):
         """The checkpoint a newly assigned partition starts from: ``local`` when it is current (its
@@ -279,6 +295,7 @@ class ChangelogStore:
         # a local checkpoint may hold rows the changelog lacks (state_store was local before): after
         # a local restore the first round writes every row of the partition
         self.written.pop(p, None)
+        self.versions.pop(p, None)
         if committed is None:
             return local
         if local is not None and local.next_offset == committed:
@@ -294,6 +311,9 @@ class ChangelogStore:
             if local is not None:
                 self.written.pop(p, None)
                 return local
+        versions = set(res.columns.get("model_version", np.array([], dtype=object)).tolist())
+        if versions <= {model_version}:  # rows of another version restore warm: the first round rewrites them
+            self.versions[p] = model_version
         return Checkpoint(p, committed, model_version, res.columns,
                           meta={"features": list(features), "source": f"changelog {self.topic}"})
 
