@@ -164,3 +164,27 @@ def test_both_uses_a_current_local_checkpoint_and_the_changelog_otherwise(kafka_
     for sid, (state, total, _) in states.items():
         np.testing.assert_allclose(state, ref.sensor_state(sid), atol=1e-6)
         assert total == 24
+
+
+def test_run_create_topics_creates_the_changelog_topic(kafka_broker, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from kafka import KafkaAdminClient
+
+    tag = f"cl-create-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, SLOTWATCH_KAFKA__BOOTSTRAP_SERVERS=kafka_broker.bootstrap,
+               SLOTWATCH_KAFKA__READINGS_TOPIC=f"{tag}.readings", SLOTWATCH_CHECKPOINT__STATE_STORE="kafka",
+               SLOTWATCH_CHECKPOINT__CHANGELOG_TOPIC=f"{tag}.changelog")
+    # no model there: the topics are created, then the worker stops with its configuration exit code
+    res = subprocess.run([sys.executable, "-m", "worker.cli", "run", "--create-topics", "3", "--model",
+                          str(tmp_path / "no-model")], env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode != 0 and f"{tag}.changelog" in res.stderr + res.stdout  # "created topics [...]"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+    try:
+        meta = [t for t in admin.describe_topics([f"{tag}.changelog", f"{tag}.readings"])]
+        assert [len(t["partitions"]) for t in meta] == [3, 3]
+    finally:
+        admin.close()
