@@ -129,12 +129,12 @@ def lasting_shift(model, df, features: list[str], shift_std: float = 4.0, at: in
     import numpy as np
 
     from worker.core import artifact as art
-    from worker.core.detector import SlotDetector
+    from worker.core.factory import detector_from_settings
     from worker.core.readings import Reading, Score
     from worker.settings import Settings
 
     s = settings or Settings()
-    det = SlotDetector(model if isinstance(model, art.Artifact) else art.load(model), slots=256, scoring=s.scoring)
+    det = detector_from_settings(model if isinstance(model, art.Artifact) else art.load(model), s, slots=256)
     horizon = det.adapt.accept_after
     first, at_once, accepted, late_flags, n = [], 0, [], 0, 0
     for sid, g in df[df["label"] == 0].groupby("sensor_id", sort=True):

@@ -153,17 +153,10 @@ def replay_together(detector, exps: dict) -> dict[str, dict[str, np.ndarray]]:
 def make_detector(artifact_path, settings=None):
     """A :class:`SlotDetector` built as the worker builds it (``worker.app``), from the settings."""
     from worker.core import artifact as art
-    from worker.core.detector import SlotDetector
+    from worker.core.factory import detector_from_settings
     from worker.settings import Settings
 
-    s = settings or Settings()
-    a = art.load(artifact_path)
-    kw = dict(slots=s.model.slots, when_full=s.model.when_full, max_gap_ms=int(s.model.max_gap_s * 1000),
-              threshold=s.model.threshold, warmup=s.model.warmup, recent=s.model.recent_readings)
-    scoring = getattr(s, "scoring", None)
-    if scoring is not None:
-        kw["scoring"] = scoring
-    return SlotDetector(a, **kw)
+    return detector_from_settings(art.load(artifact_path), settings or Settings())
 
 
 def train_model(frames: list, out: Path, name: str, cfg) -> Path:

@@ -38,8 +38,7 @@ def _fleet(n=8, steps=40, seed=5, spike=True):
 
 
 def test_end_to_end_scores_equal_replay(kafka_broker, art1, artifact_1f, tmp_path):
-    from worker.replay import replay_frame
-    from worker.core.detector import SlotDetector
+    from worker.replay import replay_detector, replay_frame
 
     data, ids = _fleet()
     topics = kafka_broker.topics("e2e", partitions=2)
@@ -59,7 +58,7 @@ def test_end_to_end_scores_equal_replay(kafka_broker, art1, artifact_1f, tmp_pat
         "ts_ms": [T0 + t * STEP_MS for t in range(steps) for i in range(n)],
         "temp": [data[i, t, 0] for t in range(steps) for i in range(n)],
     })
-    ref = replay_frame(SlotDetector(art1, slots=s.model.slots), df, ["temp"], chunk=64)
+    ref = replay_frame(replay_detector(art1, s), df, ["temp"], chunk=64)
     ref_by = {(r.sensor_id, int(r.ts)): r for r in ref.itertuples()}
     for g in got:
         r = ref_by[(g["sensor_id"], g["ts_ms"])]

@@ -16,9 +16,7 @@ from tests.conftest import sine_fleet
 from tests.worker_helpers import STEP_MS, T0, RunningWorker, worker_settings
 from worker.codec import encode_reading, encode_silence
 from worker.core import artifact as art
-from worker.core.detector import SlotDetector
-from worker.core.silence import tracker_from
-from worker.replay import kafka_partition, replay_frame
+from worker.replay import kafka_partition, replay_detector, replay_frame
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
@@ -73,7 +71,7 @@ def test_silence_episodes_equal_replay_across_a_restart_and_a_stalled_partition_
     rows = first + second
     df = pd.DataFrame({"sensor_id": [r[0] for r in rows], "ts_ms": [r[1] for r in rows], "temp": [r[2] for r in rows]})
     events: list = []
-    det = SlotDetector(a1, slots=s.model.slots, silence=tracker_from(s.silence, a1.manifest.training))
+    det = replay_detector(a1, s)
     replay_frame(det, df, ["temp"], chunk=97, silence_events=events, partitions=PARTS)
     assert [(e.event, e.sensor_id) for e in events] == [("open", "s3"), ("open", "s8"), ("close", "s3")]
     want = [encode_silence(e, a1.version) for e in events]
@@ -146,7 +144,7 @@ def test_kill_9_replays_the_same_silence_episodes(kafka_broker, artifact_1f, tmp
     s = worker_settings(kafka_broker, topics, artifact_1f, tmp_path / "ck")
     df = pd.DataFrame({"sensor_id": [r[0] for r in rows], "ts_ms": [r[1] for r in rows], "temp": [r[2] for r in rows]})
     events: list = []
-    det = SlotDetector(a1, slots=64, silence=tracker_from(s.silence, a1.manifest.training))
+    det = replay_detector(a1, s, slots=64)
     replay_frame(det, df, ["temp"], chunk=500, silence_events=events, partitions=parts)
     want = {encode_silence(e, a1.version) for e in events}
     assert sum(e.event == "open" for e in events) == len(stops) and sum(e.event == "close" for e in events) == 5

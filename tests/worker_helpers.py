@@ -101,12 +101,9 @@ class RunningWorker:
 
 def reference_detector(artifact, settings: Settings, readings):
     """The uninterrupted run: one in-process detector over all readings."""
-    from worker.core.detector import SlotDetector
+    from worker.core.factory import detector_from_settings
 
-    s = settings.model
-    det = SlotDetector(artifact, slots=s.slots, when_full=s.when_full, max_gap_ms=int(s.max_gap_s * 1000),
-                       threshold=s.threshold, warmup=s.warmup, recent=s.recent_readings,
-                       episodes=settings.episodes.params())
+    det = detector_from_settings(artifact, settings)  # as the worker builds it
     results = []
     for start in range(0, len(readings), 500):
         results += det.process(readings[start : start + 500])

@@ -23,8 +23,6 @@ import numpy as np
 from worker.core.scorer import (
     ScorerParams,
     feature_errors,
-    flatline_score,
-    normal_quantile,
     reading_error,
     score_step,
 )
@@ -85,30 +83,6 @@ def run_scorer(p: ScorerParams, err: np.ndarray, valid: np.ndarray, threshold: f
         m, v, sh = np.where(live, m2, m), np.where(live, v2, v), np.where(live, sh2, sh)
         count = count + live
     return score, flag, warming
-
-
-def stillness_series(raw: np.ndarray, std: np.ndarray, res_std: np.ndarray, k: int) -> np.ndarray:
-    """(S, T) :func:`worker.core.scorer.stillness` of every reading and the ``k`` before it
-    (inf where fewer than ``k`` came before), as the detector computes it from its ring of
-    recent readings (float32).
-
-    >>> raw = np.array([[[0.0], [1.0], [0.0], [1.0], [1.0], [1.0]]])
-    >>> stillness_series(raw, np.ones((1, 1)), np.ones(1), 2).tolist()
-    [[inf, inf, 1.0, 1.0, 0.5, 0.0]]
-    """
-    v = raw.astype(np.float32).astype(np.float64)
-    d = np.abs(np.diff(v, axis=1)) / (std[:, None, :] * res_std[None, None, :])  # change into reading t+1
-    c = np.cumsum(d, axis=1)
-    c = np.concatenate([np.zeros_like(c[:, :1]), c], axis=1)  # c[:, t] = sum of changes into readings 1..t
-    out = np.full(raw.shape[:2], np.inf)
-    if raw.shape[1] > k:
-        out[:, k:] = ((c[:, k:] - c[:, :-k]) / k).min(axis=-1)
-    return out
-
-
-def flat_scores(still: np.ndarray, flat_limit: float, threshold: float) -> np.ndarray:
-    """The detector's flatline scores of a stillness array."""
-    return flatline_score(still, flat_limit, normal_quantile(threshold))
 
 
 def pick_threshold(normal_scores: np.ndarray, false_alarm_rate: float, floor: float = 0.99, cap: float = 1.0 - 1e-12) -> float:

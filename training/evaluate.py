@@ -31,12 +31,17 @@ SUMMARY_KEYS = ("window_f1", "window_precision", "window_recall", "median_delay"
                 "point_precision", "point_recall", "point_f1")
 
 
-def score_with_core(artifact, df, features: list[str], slots: int = 256, chunk: int = 2000, progress: bool = False, **detector_kw):
-    """The scored frame of ``df`` (from :func:`worker.datafile.load_readings`) by the worker's core."""
-    from worker.core.detector import SlotDetector
+def score_with_core(artifact, df, features: list[str], settings=None, chunk: int = 2000, progress: bool = False, **overrides):
+    """The scored frame of ``df`` (from :func:`worker.datafile.load_readings`) by the worker's core, built as
+    the worker builds it from ``settings`` (default: the settings' defaults); ``overrides`` e.g. ``slots``."""
+    from worker.core.factory import detector_from_settings
     from worker.replay import replay_frame
 
-    det = SlotDetector(artifact, slots=slots, **detector_kw)
+    if settings is None:
+        from worker.settings import Settings
+
+        settings = Settings()
+    det = detector_from_settings(artifact, settings, **overrides)
     out = replay_frame(det, df, features, chunk=chunk, progress=progress)
     if "anomaly_kind" in df.columns:
         out["anomaly_kind"] = df["anomaly_kind"].to_numpy()
@@ -131,14 +136,11 @@ def evaluate(model_path, data_path, report_dir, *, baselines_train=None, baselin
     df, feats = load_readings(data_path, feats)
     if "label" not in df.columns:
         raise ValueError(f"{data_path}: no label column; evaluation needs labeled anomaly windows (see `slotwatch simulate`)")
-    kw = {}
-    if settings is not None:
-        kw = dict(max_gap_ms=int(settings.model.max_gap_s * 1000), warmup=settings.model.warmup,
-                  threshold=settings.model.threshold, recent=settings.model.recent_readings, scoring=settings.scoring)
+    kw = {"slots": slots}
     if threshold is not None:
         kw["threshold"] = threshold
     t0 = time.monotonic()
-    scored, det = score_with_core(a, df, feats, slots=slots, progress=progress, **kw)
+    scored, det = score_with_core(a, df, feats, settings, progress=progress, **kw)
     secs = time.monotonic() - t0
     summ, per = frame_scores(scored)
     results = {"slotwatch": summ}

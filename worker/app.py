@@ -74,8 +74,7 @@ class Worker:
         from worker.checkpointing.store import CheckpointStore
         from worker.codec import ReadingCodec
         from worker.core import artifact as art
-        from worker.core.detector import SlotDetector
-        from worker.core.silence import tracker_from
+        from worker.core.factory import detector_from_settings
         from worker.metrics import Metrics
 
         self.settings = s = settings
@@ -84,20 +83,7 @@ class Worker:
         mf = self.artifact.manifest
         self.features = list(mf.features)
         self.model_version = mf.model_version
-        self.detector = SlotDetector(
-            self.artifact,
-            slots=s.model.slots,
-            when_full=s.model.when_full,
-            max_gap_ms=int(s.model.max_gap_s * 1000),
-            threshold=s.model.threshold,
-            warmup=s.model.warmup,
-            recent=s.model.recent_readings,
-            silence=tracker_from(s.silence, mf.training),
-            scoring=s.scoring,
-            episodes=s.episodes.params(),
-            max_sensors=s.limits.max_sensors,
-            max_sensor_id_bytes=s.limits.max_sensor_id_bytes,
-        )
+        self.detector = detector_from_settings(self.artifact, s)
         self._stall: dict[int, list] = {}  # partition -> [stream time (or offset) seen, monotonic since, warned]
         self.codec = ReadingCodec(self.features, s.kafka.max_message_bytes, max_sensor_id_bytes=s.limits.max_sensor_id_bytes,
                                   max_future_s=s.limits.max_future_s)

@@ -188,15 +188,13 @@ class ModelWatch:
     def _build(self, target: Path):
         """On the loader thread: load, check, and build the candidate's detector (compiles its step)."""
         from worker.core import artifact as art
-        from worker.core.detector import SlotDetector
+        from worker.core.factory import detector_from_settings
 
         w = self.worker
         a = art.load(target, features=w.features)  # other features: cannot take over these sensors
         if a.manifest.model_version == w.model_version:
             raise art.ArtifactError(f"{target} has the version in use ({w.model_version}) at another path")
-        s = w.settings.model
-        det = SlotDetector(a, slots=s.slots, when_full=s.when_full, max_gap_ms=int(s.max_gap_s * 1000),
-                           threshold=s.threshold, warmup=s.warmup, recent=s.recent_readings)
+        det = detector_from_settings(a, w.settings)  # as the running one was built (scoring, episodes, limits too)
         det.engine.warm(np.zeros((det.slots, det.table.recent, det.n_features), np.float32),
                         np.zeros((det.slots, det.table.recent), bool))  # compile the handover here, not in the poll loop
         return a, det

@@ -131,11 +131,22 @@ def replay_frame(detector, df, features, chunk: int = 2000, progress: bool = Fal
     return out
 
 
+def replay_detector(artifact, settings, slots: int | None = None, threshold: float | None = None):
+    """The detector `slotwatch replay` runs: the worker's (:func:`worker.core.factory.detector_from_settings`),
+    with ``--slots``/``--threshold`` when given."""
+    from worker.core.factory import detector_from_settings
+
+    over = {}
+    if slots:
+        over["slots"] = slots
+    if threshold is not None:
+        over["threshold"] = threshold
+    return detector_from_settings(artifact, settings, **over)
+
+
 def main(args: argparse.Namespace) -> int:
     from worker.core import artifact as art
     from worker.codec import encode_silence
-    from worker.core.detector import SlotDetector
-    from worker.core.silence import tracker_from
     from worker.datafile import DataFileError, load_readings, write_table
     from worker.logs import setup_logging
     from worker.settings import Settings
@@ -156,19 +167,8 @@ def main(args: argparse.Namespace) -> int:
     except DataFileError as e:
         log.error("%s", e)
         return 2
-    slots = args.slots or settings.model.slots
-    det = SlotDetector(
-        a,
-        slots=slots,
-        when_full=settings.model.when_full,
-        max_gap_ms=int(settings.model.max_gap_s * 1000),
-        threshold=args.threshold if args.threshold is not None else settings.model.threshold,
-        warmup=settings.model.warmup,
-        recent=settings.model.recent_readings,
-        silence=tracker_from(settings.silence, a.manifest.training),
-        scoring=settings.scoring,
-        episodes=settings.episodes.params(),
-    )
+    det = replay_detector(a, settings, slots=args.slots, threshold=args.threshold)
+    slots = det.slots
     from worker.progress import want_progress
 
     events: list = []

@@ -18,6 +18,7 @@ The README's settings table is generated from this module
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Literal
@@ -159,7 +160,10 @@ class ScoringSettings(BaseModel):
         description="Horizon, in readings: an episode (a run of flags) this long is accepted as the sensor's new normal "
                     "(the reading says accepted); 0 = never.",
     )
-    quiet: int = Field(30, ge=1, description="Unflagged readings in a row that end an episode (its horizon count restarts).")
+    quiet: int | None = Field(
+        None, ge=1,
+        description="Deprecated alias of SLOTWATCH_EPISODES__QUIET_READINGS (used only when that is not set; logs a warning).",
+    )
     level: bool = Field(True, description="Use the artifact's level channel (is the sensor still at its usual level?).")
     move_window: int = Field(1000, ge=2, description="Readings over which a sensor's own share of moving readings is learned.")
     flat_min_run: int = Field(4, ge=0, description="Unchanged readings before a sensor can be flagged as stuck; 0 = off.")
@@ -172,7 +176,9 @@ class EpisodeSettings(BaseModel):
     """Alerts as episodes (worker.core.episodes): one message when a sensor starts deviating, one when it stops."""
 
     quiet_readings: int = Field(
-        20, ge=0, description="An episode closes after this many unflagged readings in a row (0: off; see quiet_s)."
+        30, ge=0,
+        description="An episode closes after this many unflagged readings in a row (0: off; see quiet_s); the same quiet "
+                    "period ends the scorer's run of flags, whose horizon count then restarts.",
     )
     quiet_s: float = Field(
         0.0, ge=0, description="...or at an unflagged reading this many seconds of stream time after the last flagged one (0: off), whichever first."
@@ -330,6 +336,20 @@ class Settings(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     silence: SilenceSettings = Field(default_factory=SilenceSettings)
     shutdown_grace_s: float = Field(20.0, gt=0, description="SIGTERM: finish, checkpoint, commit and exit within this.")
+
+    @model_validator(mode="after")
+    def _quiet_alias(self) -> "Settings":
+        """SLOTWATCH_SCORING__QUIET (deprecated): the episodes' quiet period, unless that is set itself."""
+        q = self.scoring.quiet
+        if q is not None:
+            own = "quiet_readings" in self.episodes.model_fields_set
+            logging.getLogger("slotwatch.settings").warning(
+                "SLOTWATCH_SCORING__QUIET is deprecated: %s; use SLOTWATCH_EPISODES__QUIET_READINGS, which governs "
+                "the scorer's runs and the episode messages both", "ignored, SLOTWATCH_EPISODES__QUIET_READINGS is set"
+                if own else f"taken as SLOTWATCH_EPISODES__QUIET_READINGS={q}")
+            if not own:
+                self.episodes.quiet_readings = q
+        return self
 
     @classmethod
     def load(cls, **overrides) -> "Settings":

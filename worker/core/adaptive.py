@@ -23,7 +23,11 @@ has probability ``(1 - p) ** r`` under the sensor's own history (``p`` capped at
 about ``1 / n`` after ``n`` readings and a run of ``n``, probability about ``e ** -1``: never
 stuck; one that always moved and stops is flagged after a handful of readings.
 
-**Horizon.**  An *episode* is a run of flags, ended by ``quiet`` unflagged readings.  While
+**Horizon.**  An *episode* is a run of flags, ended by ``quiet`` unflagged readings (0: not by
+a count).  :class:`~worker.core.detector.SlotDetector` takes ``quiet`` from the episode
+tracker's ``quiet_readings`` and also ends the run wherever the tracker closes an episode for
+its quiet period (``quiet_s`` too), so the scorer's run and the episode message are one
+episode.  While
 an episode is open the long-run statistics do not learn; the errors of the episode are
 averaged (``adapt_err_mean``/``adapt_err_var``).  When an episode reaches ``accept_after``
 readings its deviation is accepted as the new normal: the error statistics take the
@@ -72,7 +76,7 @@ class AdaptParams:
     """The settings of this module (``SLOTWATCH_SCORING__*`` and the artifact's calibration)."""
 
     accept_after: int = 600  # readings of an episode before its deviation is the new normal (0 = never)
-    quiet: int = 30  # unflagged readings that end an episode
+    quiet: int = 30  # unflagged readings that end an episode (0 = never by count); the detector takes EpisodeParams.quiet_readings
     level_window: int = 8  # EWMA window of the level channel (0 = off)
     level_scale: float = 0.0  # from calibration; 0 = level channel off (older artifacts)
     move_window: int = 1000  # window of a sensor's own move rate
@@ -150,7 +154,7 @@ def episode_step(a: AdaptParams, flagged: np.ndarray, err: np.ndarray, ep_len: n
     delta = err - np.where(n == 1, err, ep_mean)
     m = np.where(n == 1, err, ep_mean + delta / k)
     v = np.where(n == 1, 0.0, ep_var + (delta * (err - m) - ep_var) / k)  # running (population) variance
-    ended = open_ & (quiet >= a.quiet)
+    ended = open_ & (a.quiet > 0) & (quiet >= a.quiet)
     accept = open_ & flagged & (a.accept_after > 0) & (n >= a.accept_after)
     done = ended | accept
     return np.where(done, 0, n), np.where(done, 0, quiet), np.where(open_, m, 0.0), np.where(open_, v, 0.0), accept

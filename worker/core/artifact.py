@@ -46,8 +46,8 @@ class Calibration:
     error_mean: float = 1.0
     error_std: float = 0.5
     residual_std: list[float] = field(default_factory=list)  # per feature, scaled units
-    flat_window: int = 0  # changes looked at by the flatline statistic (0 = off)
-    flat_limit: float = 0.0  # stillness that scores exactly the threshold (see scorer.stillness)
+    flat_window: int = 0  # > 0: the stuck-sensor check is on (worker.core.adaptive.movement_step); 0 = off
+    flat_limit: float = 0.0  # unused since the adaptive scorer (stillness against own history); read so older artifacts load
     level_window: int = 0  # EWMA window of the level channel (worker.core.adaptive); 0 = off (older artifacts)
     level_scale: float = 0.0  # level z that the channel divides by (calibrated); 0 = off
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -48,13 +48,7 @@ from worker.core.episodes import EpisodeParams, EpisodeTracker
 from worker.core.limits import FLOAT32_MAX, SCALED_LIMIT, sensor_id_problem, ts_problem, values_problem
 from worker.core.readings import TS_MAX_MS, TS_MIN_MS, Reading, Rejection, Score
 from worker.core.router import SlotRouter
-from worker.core.scorer import (
-    ScorerParams,
-    feature_errors,
-    normal_quantile,
-    reading_error,
-    score_step,
-)
+from worker.core.scorer import ScorerParams, feature_errors, reading_error
 from worker.state.table import NO_TS, StateTable
 
 #: the state-table columns of the silence tracker (worker.core.silence)
@@ -118,12 +112,14 @@ class SlotDetector:
         self.residual_std = np.asarray(cal.residual_std or [1.0] * f, dtype=np.float64)
         # adaptive scoring (worker.core.adaptive): ``scoring`` is settings.scoring (or an AdaptParams)
         self.adapt = self._adapt_params(cal, scoring)
+        # one quiet period for the scorer's runs and the episode messages: the episode settings'
+        # (without them, an AdaptParams' own ``quiet`` sets both)
+        if episodes is None:
+            episodes = EpisodeParams(quiet_readings=self.adapt.quiet)
+        self.adapt = replace(self.adapt, quiet=episodes.quiet_readings)
         self._level_on = self.adapt.level_scale > 0 and self.adapt.level_window > 0
         # stuck sensors: stillness against the sensor's own history, on when the artifact asks for a flatline check
         self._flat_on = int(cal.flat_window) > 0 and self.adapt.flat_min_run > 0
-        self.flat_window = 0  # the older ring statistic (scorer.stillness) is replaced by adaptive.movement_step
-        self.flat_limit = float(cal.flat_limit)
-        self._z_threshold = normal_quantile(self.params.threshold)
         self.scaling = m.scaling
         self._global_mean = np.asarray(m.scaling.mean, dtype=np.float64)
         self._global_std = np.asarray(m.scaling.std, dtype=np.float64)
@@ -149,7 +145,7 @@ class SlotDetector:
         g = (lambda k: getattr(scoring, k, getattr(d, k))) if scoring is not None else (lambda k: getattr(d, k))
         level = bool(getattr(scoring, "level", True)) if scoring is not None else True
         return AdaptParams(
-            accept_after=int(g("accept_after")), quiet=int(g("quiet")),
+            accept_after=int(g("accept_after")),
             level_window=int(cal.level_window) if level else 0, level_scale=float(cal.level_scale) if level else 0.0,
             move_window=int(g("move_window")), flat_min_run=int(g("flat_min_run")), flat_p_max=float(g("flat_p_max")),
         )
@@ -469,7 +465,10 @@ class SlotDetector:
         expected = exp_s * std + mean
         surp = surprise(tail)  # the scorer's tail probability (1 - score without cancellation)
         accepted = self._accepted  # the horizon accepted this reading's deviation as the new normal
-        events += self.episodes.step(rows, ts, score, surp, anom, accepted, x, expected, fz)
+        step_events = self.episodes.step(rows, ts, score, surp, anom, accepted, x, expected, fz)
+        if step_events:
+            self._end_quiet_runs(rows, step_events)
+            events += step_events
 
         st = self.stats
         if len(self._tick_log) < 100_000:  # bounded if nobody drains it
@@ -507,6 +506,16 @@ class SlotDetector:
             c[k][rows] = new[k]
         self._accepted = acc
         return score, anom, warming, new["err_mean"], new["err_var"], new["err_short"], tail
+
+    def _end_quiet_runs(self, rows: np.ndarray, step_events: list) -> None:
+        """The scorer's run ends where the tracker closed an episode for its quiet period.
+
+        With a count only the scorer ended it at the same reading already; this covers ``quiet_s``."""
+        pos = [p for p, e in step_events if e.event == "close" and e.close_reason == "quiet"]
+        if pos:
+            r = rows[np.asarray(pos, np.int64)]
+            self.table.cols["adapt_len"][r] = 0
+            self.table.cols["adapt_quiet"][r] = 0
 
     # ------------------------------------------------------------------ state
     def _new_sensor(self, sensor_id: str, partition: int) -> int:

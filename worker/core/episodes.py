@@ -53,7 +53,7 @@ KINDS = ("score", "flatline", "silent")
 class EpisodeParams:
     """When an episode closes, and how many features its messages name."""
 
-    quiet_readings: int = 20
+    quiet_readings: int = 30  # also ends the adaptive scorer's run (worker.core.adaptive)
     quiet_s: float = 0.0
     top_features: int = 3
 
@@ -105,7 +105,7 @@ class EpisodeTracker:
     """Episodes of every sensor of a :class:`~worker.state.table.StateTable` (``table``), or of
     its own small table when used alone (:meth:`learn_one`)."""
 
-    def __init__(self, features: Sequence[str], quiet_readings: int = 20, quiet_s: float = 0.0, top_features: int = 3,
+    def __init__(self, features: Sequence[str], quiet_readings: int = 30, quiet_s: float = 0.0, top_features: int = 3,
                  table: StateTable | None = None, kind: str = "score") -> None:
         self.params = EpisodeParams(int(quiet_readings), float(quiet_s), int(top_features))
         self.features = list(features)

@@ -15,15 +15,8 @@ scored as anomalies do not update the long-run estimate, so an incident does not
 detector that it is normal.  A sensor is *warming up* for its first ``warmup`` readings
 after a (re)start and is never flagged then.
 
-A second statistic catches what a next-reading predictor cannot: a *flatline* (a stuck
-sensor repeats its last value; the network soon expects exactly that, so the error gets
-small, not large).  :func:`stillness` is, over the last ``flat_window`` changes, the mean
-absolute change of the least moving feature in units of its typical residual; normal
-readings always move by about one residual.  :func:`flatline_score` maps it to [0, 1]
-so that ``stillness == flat_limit`` scores exactly the threshold, a flat line scores 1 and
-a normally moving sensor about 0;
-the detector reports the larger of the two scores.  ``flat_window = 0`` (the default of
-older artifacts) turns it off.
+What a next-reading predictor cannot see (a stuck sensor, a lasting change of level) and
+the horizon after which a deviation is the new normal are :mod:`worker.core.adaptive`'s.
 
 Everything here works on numpy arrays (one element per sensor of a tick); the class
 :class:`AnomalyLikelihood` wraps it for one stream with the tiny ``learn_one``/``score_one``
@@ -151,63 +144,6 @@ def score_step(
     if with_tail:
         return score, is_anom, warming, new_mean, new_var, short, normal_sf(z)
     return score, is_anom, warming, new_mean, new_var, short
-
-
-def normal_quantile(p: float) -> float:
-    """Inverse of :func:`normal_cdf` (bisection on it, so the two agree exactly).
-
-    >>> round(normal_quantile(0.999), 3)
-    3.09
-    """
-    lo, hi = -40.0, 40.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if float(normal_cdf(np.array(mid))) < p:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
-def stillness(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """How much the least moving feature moves: ``values`` (n, K+1, F) consecutive readings,
-    ``scale`` (n, F) the size of a typical change (sensor std x residual std); returns (n,)
-    the mean |change| over the K changes, in those units, of the feature that moved least.
-
-    >>> v = np.array([[[1.0, 5.0], [1.2, 5.0], [0.9, 5.0]]])   # feature 2 is stuck
-    >>> stillness(v, np.array([[0.1, 0.1]])).tolist()
-    [0.0]
-    """
-    k = values.shape[1] - 1
-    return (np.abs(np.diff(values, axis=1)).sum(axis=1) / (k * scale)).min(axis=-1)
-
-
-def flatline_score(still: np.ndarray, flat_limit: float, z_threshold: float) -> np.ndarray:
-    """Score of a stillness: ``Phi(z_threshold * (2 * flat_limit / still - 1))``; 0 when the
-    limit is 0 (off).  A flat line scores 1, ``still == flat_limit`` exactly the threshold,
-    twice the limit 0.5, and a normally moving sensor about 0 (so it does not lift the
-    scores of normal readings).
-
-    >>> z = normal_quantile(0.999)
-    >>> s = flatline_score(np.array([0.0, 0.05, 0.1, 0.2, 1.0]), 0.1, z)
-    >>> bool(s[0] == 1.0), bool(s[1] > 0.999), round(float(s[2]), 3), round(float(s[3]), 3), bool(s[4] < 0.01)
-    (True, True, 0.999, 0.5, True)
-    """
-    still = np.asarray(still, dtype=np.float64)
-    if flat_limit <= 0:
-        return np.zeros_like(still)
-    return normal_cdf(z_threshold * (2.0 * flat_limit / np.maximum(still, 1e-12) - 1.0))
-
-
-def with_flatline(score: np.ndarray, anomaly: np.ndarray, warming: np.ndarray, flat: np.ndarray, threshold: float):
-    """Combine the error score with the flatline score: the larger of the two is the score,
-    and a reading is flagged when either reaches the threshold (never while warming up).
-
-    >>> s, a = with_flatline(np.array([0.2, 0.2]), np.array([False, False]), np.array([False, True]), np.array([1.0, 1.0]), 0.999)
-    >>> s.tolist(), a.tolist()
-    ([1.0, 1.0], [True, False])
-    """
-    return np.maximum(score, flat), anomaly | (~warming & (flat >= threshold))
 
 
 class AnomalyLikelihood:
