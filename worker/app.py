@@ -115,6 +115,9 @@ class Worker:
         self.restored: set[int] = set()  # partitions whose state is loaded and owned
         self.checkpointed: dict[int, int] = {}  # next_offset of the last durable checkpoint
         self._writer = None  # checkpoint writer thread, started with the first background round
+        self.changelog = None  # worker.kafka.changelog.ChangelogStore when checkpoint.state_store is kafka/both
+        self._deferred: set = set()  # assigned partitions paused until the loop restores them from the changelog
+        self._loop_thread = None
         self._pending = None  # (future, offsets to commit, {partition: next_offset}, export seconds)
         self.committed: dict[int, int] = {}  # offset last committed to Kafka
         self.outbox: list[list] = []  # [future|None, topic, key, value, headers, kind]
@@ -170,6 +173,11 @@ class Worker:
             try:
                 if self.producer is None:
                     self.producer = make_producer(s.kafka, max_block_ms=10_000)
+                    if s.checkpoint.state_store != "local":  # issue 12: the state changelog
+                        from worker.kafka.changelog import ChangelogStore
+
+                        self.changelog = ChangelogStore(s.kafka, self.producer, s.checkpoint.changelog_topic, self.metrics,
+                                                        stall_s=s.checkpoint.changelog_stall_s)
                 if self.consumer is None:
                     self.consumer = make_consumer(s.kafka)
             except Exception as e:  # noqa: BLE001 - NoBrokersAvailable and friends
@@ -183,6 +191,7 @@ class Worker:
         log.info("worker started: model %s (threshold %s), %d slots, reading %s as group %s", self.model_version,
                  fmt_threshold(self.detector.threshold), self.detector.slots, self.topic, s.kafka.group_id)
         code = EXIT_OK
+        self._loop_thread = threading.current_thread()
         poll_ms = s.kafka.poll_timeout_ms
         backoff = s.kafka.retry_backoff_ms / 1000
         while not self._stop.is_set():
@@ -199,6 +208,8 @@ class Worker:
             if self._fatal is not None:
                 break
             backoff = s.kafka.retry_backoff_ms / 1000
+            if self._deferred:
+                self._restore_deferred()
             if batch:
                 self._handle(batch)
             if self.watch is not None:
@@ -653,6 +664,7 @@ class Worker:
             return False
         t0 = time.perf_counter()
         cks = []
+        rounds = []  # state changelog records, per partition (issue 12)
         written: dict[int, int] = {}
         offsets = {}
         for p in partitions:
@@ -662,6 +674,8 @@ class Worker:
             if self.checkpointed.get(p) != nxt:
                 cols = self.detector.export_partition(p)  # a copy: the state may move on while it is written
                 cols[VERSION_COLUMN] = np.full(len(cols["sensor_id"]), self.model_version, dtype=object)
+                if self.changelog is not None:
+                    rounds.append(self.changelog.prepare(p, cols, nxt, self.model_version))
                 cks.append(Checkpoint(p, nxt, self.model_version, cols, meta={
                     "topic": self.topic, "client_id": self.settings.kafka.client_id, "features": self.features,
                     **self.detector.silence_meta(p)}))
@@ -674,21 +688,23 @@ class Worker:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
-            self._pending = (self._writer.submit(self._write_checkpoints, cks), offsets, written, export_s)
+            self._pending = (self._writer.submit(self._write_checkpoints, cks, rounds), offsets, written, export_s)
             self.since_checkpoint = 0
             self.last_checkpoint = time.monotonic()
             return True
         try:
-            total, write_s = self._write_checkpoints(cks)
+            total, write_s = self._write_checkpoints(cks, rounds)
         except Exception as e:  # noqa: BLE001 - OSError, or anything else: same handling
             self._checkpoint_failed(e)
             return False
         self._checkpoint_done(total, export_s + write_s, offsets, written, sync_commit, foreground=True)
         return True
 
-    def _write_checkpoints(self, cks) -> tuple[int, float]:
+    def _write_checkpoints(self, cks, rounds=()) -> tuple[int, float]:
         t0 = time.perf_counter()
-        total = sum(self.store.save(ck)[1] for ck in cks)
+        total = self.changelog.write(rounds) if rounds else 0  # acknowledged, or raises: offsets stay uncommitted
+        if self.settings.checkpoint.state_store != "kafka":
+            total += sum(self.store.save(ck)[1] for ck in cks)
         return total, time.perf_counter() - t0
 
     def _reap_checkpoint(self, wait: bool = False, sync_commit: bool = True, timeout: float | None = None) -> None:
@@ -801,6 +817,20 @@ class Worker:
                 log.error("partition %d: every checkpoint is corrupt; starting it fresh (allow_fresh_start)", p,
                           extra={"partition": p})
                 ck = None
+            if self.changelog is not None:  # issue 12: state that follows the partition through Kafka
+                if threading.current_thread() is not self._loop_thread:
+                    # a rebalance callback (kafka-python's IO thread: heartbeats wait while it runs): pause the
+                    # partition, the loop restores it (readiness stays false meanwhile)
+                    self.consumer.pause(tp)
+                    self._deferred.add(tp)
+                    continue
+                try:
+                    ck = self.changelog.on_assigned(tp, ck if self.settings.checkpoint.state_store == "both"
+                                                    else None, self.features, self.model_version)
+                except Exception as e:  # noqa: BLE001 - ChangelogError, KafkaError: starting without the state would lose it
+                    self._fatal = FatalCheckpointError(f"partition {p}: restoring from the state changelog "
+                                                       f"{self.settings.checkpoint.changelog_topic} failed: {e}")
+                    return
             if ck is not None:
                 meta_f = ck.meta.get("features")
                 try:
@@ -810,7 +840,7 @@ class Worker:
                 except (ValueError, KeyError) as e:  # columns of another shape: another kind of model
                     self.detector.drop_partition(p)
                     self._fatal = FatalCheckpointError(
-                        f"partition {p}: checkpoint {self.store.generations(p)[0]} (model {ck.model_version!r}) does not "
+                        f"partition {p}: checkpoint {ck.meta.get('source') or self.store.generations(p)[0]} (model {ck.model_version!r}) does not "
                         f"fit the loaded artifact {self.model_version!r} ({e}). Refusing to start: point "
                         "SLOTWATCH_MODEL__PATH at an artifact with the same features, or move the checkpoint folder "
                         "away to start fresh.")
@@ -832,7 +862,16 @@ class Worker:
         self._update_core_metrics()
         self._ready_checks()
 
+    def _restore_deferred(self) -> None:
+        """Restore, on the loop's thread, the partitions an assignment left paused (issue 12)."""
+        tps = sorted(self._deferred & set(self.consumer.assignment()))
+        self._deferred.clear()
+        self.on_assigned(tps)
+        if self._fatal is None and tps:
+            self.consumer.resume(*tps)
+
     def on_revoked(self, tps, lost: bool = False) -> None:
+        self._deferred.difference_update(tps)  # never restored: nothing to save
         if self._closing:
             return
         parts = sorted(tp.partition for tp in tps if tp.topic == self.topic and tp.partition in self.restored)
@@ -864,6 +903,8 @@ class Worker:
             self._poison = {k: v for k, v in self._poison.items() if k[0] != p}
             self.applied.pop(p, None)
             self.checkpointed.pop(p, None)
+            if self.changelog is not None:
+                self.changelog.forget(p)
             self.committed.pop(p, None)
             self._stall.pop(p, None)
             for gauge in (self.metrics.lag, self.metrics.committed_offset, self.metrics.stream_stall):
@@ -962,6 +1003,15 @@ def main(args: argparse.Namespace) -> int:
         except Exception as e:  # noqa: BLE001 - NoBrokersAvailable, KafkaTimeoutError, ...: one line, exit 5
             log.error("%s", describe_broker_error(e, k.bootstrap_servers, f"create the topics (--create-topics {args.create_topics})"))
             return EXIT_BROKER
+        if settings.checkpoint.state_store != "local":  # issue 12: one changelog partition per readings partition
+            from worker.kafka.changelog import create_changelog_topic
+
+            try:
+                if create_changelog_topic(k, settings.checkpoint.changelog_topic, args.create_topics):
+                    made.append(settings.checkpoint.changelog_topic)
+            except Exception as e:  # noqa: BLE001
+                log.error("%s", describe_broker_error(e, k.bootstrap_servers, "create the state changelog topic"))
+                return EXIT_BROKER
         if made:
             log.info("created topics %s", made)
     try:

@@ -149,6 +149,20 @@ class Metrics:
         for who in ("current", "candidate"):
             self.shadow_flag_rate.labels(who)
             self.shadow_error.labels(who)
+        # issue 12: the state changelog (SLOTWATCH_CHECKPOINT__STATE_STORE kafka/both)
+        self.changelog_records = Counter(
+            "slotwatch_changelog_records_total", "State changelog records acknowledged (rows, tombstones, markers).", registry=r)
+        self.changelog_bytes = Counter(
+            "slotwatch_changelog_bytes_total", "Bytes (keys and values) of acknowledged state changelog records.", registry=r)
+        self.changelog_restore_progress = Gauge(
+            "slotwatch_changelog_restore_progress_ratio",
+            "Share of a changelog partition read by the restore in progress (1 when done), by partition.", ["partition"],
+            registry=r)
+        self.changelog_restore_seconds = Histogram(
+            "slotwatch_changelog_restore_seconds", "Time to restore a partition from the state changelog.",
+            buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0), registry=r)
+        self.changelog_restored = Counter(
+            "slotwatch_changelog_restored_sensors_total", "Sensors restored from the state changelog.", registry=r)
 
         # silent sensors (issue 16): by kind, never per sensor; the stall gauge per partition (few)
         self.published.labels("episode")

@@ -213,6 +213,20 @@ class CheckpointSettings(BaseModel):
         description="A partition whose checkpoints are all corrupt: start its sensors fresh from the committed "
         "offset instead of refusing to start (a checkpoint of another model version restores warm, see handover).",
     )
+    # issue 12 (state changelog in Kafka, worker.checkpointing.changelog)
+    state_store: Literal["local", "kafka", "both"] = Field(
+        "local",
+        description="Where checkpoint rounds go: `local` files, the `kafka` state changelog (no shared disk needed: "
+        "a partition's state follows it to any worker), or `both` (a current local checkpoint restores faster).",
+    )
+    changelog_topic: str = Field(
+        "slotwatch.state-changelog",
+        description="State changelog topic (compacted, one partition per readings partition; `--create-topics` creates it).",
+    )
+    changelog_stall_s: float = Field(
+        30.0, gt=0,
+        description="A changelog restore that reads nothing new for this long fails: the worker stops with exit code 3 (a restart retries).",
+    )
 
 
 class HandoverSettings(BaseModel):
