@@ -15,14 +15,15 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import numpy as np
 import pytest
 
 from tests.broker import FAST_GROUP
 from tests.conftest import sine_fleet
-from tests.worker_helpers import fleet_messages, final_states, partition_by_index, reference_detector, worker_settings
+from tests.worker_helpers import (
+    fleet_messages, final_states, partition_by_index, reference_detector, scrape_labeled, worker_settings,
+)
 from worker.codec import ReadingCodec
 from worker.core import artifact as art
 from worker.kafka.embedded import free_port
@@ -32,20 +33,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(480)]
 N_SENSORS, STEPS, PARTITIONS, SLOTS, KILLS = 500, 100, 4, 128, 5
 
 
-def _scrape(port: int) -> dict[str, float]:
-    """Sample name{labels} -> value from the worker's /metrics (empty when it is not up)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
-    except OSError:
-        return {}
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            lab = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{lab}}}" if lab else s.name] = s.value
-    return out
+_scrape = scrape_labeled  # name{labels} -> value from the worker's /metrics (empty when it is not up)
 
 
 def test_kill_9_at_random_moments_loses_nothing_applies_nothing_twice(kafka_broker, artifact_1f, tmp_path):
