@@ -19,10 +19,9 @@ import time
 import numpy as np
 import pytest
 
-from tests.broker import FAST_GROUP
 from tests.conftest import sine_fleet
 from tests.worker_helpers import (
-    fleet_messages, final_states, partition_by_index, reference_detector, scrape_labeled, worker_settings,
+    fleet_messages, final_states, partition_by_index, reference_detector, scrape_labeled, worker_env, worker_settings,
 )
 from worker.codec import ReadingCodec
 from worker.core import artifact as art
@@ -50,28 +49,13 @@ def test_kill_9_at_random_moments_loses_nothing_applies_nothing_twice(kafka_brok
 
     ck = tmp_path / "ck"
     port = free_port()
-    env = dict(
-        os.environ,
-        SLOTWATCH_KAFKA__BOOTSTRAP_SERVERS=kafka_broker.bootstrap,
-        SLOTWATCH_KAFKA__READINGS_TOPIC=topics["readings"],
-        SLOTWATCH_KAFKA__SCORES_TOPIC=topics["scores"],
-        SLOTWATCH_KAFKA__ANOMALIES_TOPIC=topics["anomalies"],
-        SLOTWATCH_KAFKA__DEAD_LETTER_TOPIC=topics["dead"],
-        SLOTWATCH_KAFKA__PUBLISH_SCORES="true",
+    env = worker_env(
+        kafka_broker, topics, artifact_1f, ck, port,
         SLOTWATCH_KAFKA__GROUP_ID=f"crash-{topics['readings']}",
         SLOTWATCH_KAFKA__MAX_POLL_RECORDS="500",
-        SLOTWATCH_KAFKA__POLL_TIMEOUT_MS="100",
-        SLOTWATCH_KAFKA__SESSION_TIMEOUT_MS=str(FAST_GROUP["session_timeout_ms"]),
-        SLOTWATCH_KAFKA__HEARTBEAT_INTERVAL_MS=str(FAST_GROUP["heartbeat_interval_ms"]),
-        SLOTWATCH_KAFKA__MAX_POLL_INTERVAL_MS=str(FAST_GROUP["max_poll_interval_ms"]),
-        SLOTWATCH_MODEL__PATH=str(artifact_1f),
         SLOTWATCH_MODEL__SLOTS=str(SLOTS),
-        SLOTWATCH_CHECKPOINT__DIR=str(ck),
         SLOTWATCH_CHECKPOINT__INTERVAL_READINGS="2500",
         SLOTWATCH_CHECKPOINT__INTERVAL_S="0.5",
-        SLOTWATCH_METRICS__HOST="127.0.0.1",
-        SLOTWATCH_METRICS__PORT=str(port),
-        SLOTWATCH_SHUTDOWN_GRACE_S="20",
     )
     log = open(tmp_path / "worker.log", "ab")
 
