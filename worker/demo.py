@@ -34,6 +34,7 @@ TRAIN_SENSORS = 32
 TRAIN_STEPS = 4000
 FEATURES = "temp,rpm,vib"
 ID_PREFIX = "pump-"
+READY_WAIT_S = 180.0  # with --duration: give up if the worker is not ready by then (a very busy machine)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=2000.0, help="readings per second into the topic (default 2000)")
     p.add_argument("--slots", type=int, default=128, help="batch slots B of the worker (default 128: fewer than sensors, so paging shows)")
     p.add_argument("--partitions", type=int, default=4, help="partitions of the readings topic (default 4)")
-    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (default: run until Ctrl-C)")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds of live scoring, counted from the worker's first "
+                   "readiness (its start-up is not counted; default: run until Ctrl-C)")
     p.add_argument("--retrain", action="store_true", help="train a new model even if one exists")
     p.add_argument("--epochs", type=int, default=12, help="training epochs for the demo model (default 12; early stopping)")
     p.add_argument("--port", type=int, default=0, help="metrics port of the worker (default: a free one)")
@@ -263,6 +265,7 @@ def main(args: argparse.Namespace) -> int:
         streamer.start()
         tail = EpisodeTail(settings)
         started = time.monotonic()
+        scoring_since: float | None = None  # --duration counts from the worker's first readiness
         last: tuple[float, float] | None = None
         while True:
             time.sleep(1.0)
@@ -290,7 +293,13 @@ def main(args: argparse.Namespace) -> int:
                      "episodes_closed": m.get("slotwatch_episodes_closed_total", 0), "rejected": m.get("slotwatch_readings_rejected_total", 0),
                      "ready": m.get("slotwatch_ready", 0)}
             print(render(stats, tail, metrics_url, started, plain, streamer), flush=True)
-            if args.duration and now - started >= args.duration:
+            if scoring_since is None and stats["ready"]:
+                scoring_since = now
+            if args.duration and scoring_since is not None and now - scoring_since >= args.duration:
+                break
+            if args.duration and scoring_since is None and now - started >= READY_WAIT_S:
+                print(f"the worker was not ready after {READY_WAIT_S:.0f} s; see {workdir / 'worker.log'}", flush=True)
+                code = 1
                 break
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
