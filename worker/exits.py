@@ -16,6 +16,7 @@ EXIT_CHECKPOINT = 3  # a checkpoint that does not fit (run)
 EXIT_GRACE = 4  # shutdown overran SLOTWATCH_SHUTDOWN_GRACE_S (run)
 EXIT_BROKER = 5  # the Kafka brokers cannot be reached (or answer with an error)
 EXIT_CHECK_FAILED = 6  # train --strict: a quality check failed, `latest` not moved
+EXIT_FENCED = 7  # run, exactly-once: another worker took over this worker's transactional.id
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 #: (code, meaning) for the README and ``slotwatch --help``
@@ -27,6 +28,7 @@ CODES: tuple[tuple[int, str], ...] = (
     (EXIT_GRACE, "run: shutdown overran SLOTWATCH_SHUTDOWN_GRACE_S"),
     (EXIT_BROKER, "the Kafka brokers cannot be reached (run --create-topics, simulate --to-kafka, train --from-kafka)"),
     (EXIT_CHECK_FAILED, "train --strict: the validation false-alarm rate is above --false-alarm-rate; `latest` not moved"),
+    (EXIT_FENCED, "run, exactly-once: fenced, another worker uses the same transactional.id (SLOTWATCH_KAFKA__WORKER_ID)"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C) outside the worker"),
 )
 

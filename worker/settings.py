@@ -89,6 +89,29 @@ class KafkaSettings(BaseModel):
     request_timeout_ms: int = Field(30000, gt=0, description="Client request timeout.")
     retry_backoff_ms: int = Field(500, gt=0, description="First backoff when the broker is unreachable (doubles, capped at 30 s).")
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    # issue 12 item 3 (exactly-once output, worker.kafka.transactions)
+    exactly_once: bool = Field(
+        False,
+        description="One Kafka transaction per checkpoint round: scores, anomalies/episodes, dead letters, changelog records "
+        "and the offset commit; consumers with isolation.level=read_committed see every output once (needs "
+        "SLOTWATCH_CHECKPOINT__STATE_STORE=kafka or both; the test broker does not hide aborted records, see README).",
+    )
+    transactional_id_prefix: str = Field(
+        "slotwatch", min_length=1,
+        description="Exactly-once: the producer's transactional.id is `<prefix>.<group_id>.<worker_id>`.",
+    )
+    worker_id: str | None = Field(
+        None,
+        description="Exactly-once: this worker's stable identity in its transactional.id (default: the host name, stable for "
+        "a StatefulSet pod or a compose service); a restarted worker with the same id fences its predecessor. Two live "
+        "workers must never share one.",
+    )
+    transaction_timeout_ms: int = Field(
+        60000, gt=0,
+        description="Exactly-once: the broker aborts a transaction open longer than this; must exceed "
+        "SLOTWATCH_CHECKPOINT__INTERVAL_S (a round's transaction spans the interval) and not exceed the broker's "
+        "transaction.max.timeout.ms (15 min by default).",
+    )
 
 
 class ModelSettings(BaseModel):
@@ -349,6 +372,32 @@ class Settings(BaseSettings):
                 if own else f"taken as SLOTWATCH_EPISODES__QUIET_READINGS={q}")
             if not own:
                 self.episodes.quiet_readings = q
+        return self
+
+    @model_validator(mode="after")
+    def _exactly_once(self) -> "Settings":
+        """Exactly-once needs the state in the transaction: the changelog (a local file cannot join it).
+
+        >>> Settings(kafka={"exactly_once": True}, checkpoint={"state_store": "both"}).kafka.exactly_once
+        True
+        >>> try:
+        ...     Settings(kafka={"exactly_once": True})
+        ... except ValueError as e:
+        ...     print("needs SLOTWATCH_CHECKPOINT__STATE_STORE=kafka or both (got local)" in str(e))
+        True
+        """
+        k, c = self.kafka, self.checkpoint
+        if not k.exactly_once:
+            return self
+        if c.state_store == "local":
+            raise ValueError(
+                "SLOTWATCH_KAFKA__EXACTLY_ONCE=true needs SLOTWATCH_CHECKPOINT__STATE_STORE=kafka or both (got local): "
+                "a local checkpoint file cannot join the Kafka transaction, so a crash between the transaction's commit "
+                "and the file write would skip readings or lose their output; the changelog records go into the transaction")
+        if k.transaction_timeout_ms <= c.interval_s * 1000:
+            raise ValueError(
+                f"SLOTWATCH_KAFKA__TRANSACTION_TIMEOUT_MS ({k.transaction_timeout_ms}) must exceed "
+                f"SLOTWATCH_CHECKPOINT__INTERVAL_S ({c.interval_s:g} s): a round's transaction stays open that long")
         return self
 
     @classmethod

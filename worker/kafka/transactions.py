@@ -1,0 +1,349 @@
+"""The Kafka edge of exactly-once output (``SLOTWATCH_KAFKA__EXACTLY_ONCE``): a transactional
+producer, and :class:`TransactionalRound`, one Kafka transaction per checkpoint round.
+
+A round's transaction holds everything the worker produced since the previous round (scores,
+anomalies and episode messages, dead letters, the changelog rows and markers of
+:mod:`worker.kafka.changelog`) and the consumer group's offsets (sent with the consumer's
+group metadata, KIP-447); a consumer reading with ``isolation_level="read_committed"`` sees
+all of it or, after an abort or a crash, none of it (on a broker that filters aborted
+records: the test broker does not, see README "Exactly-once output").
+
+**transactional.id: one per worker, not one per partition.**  ``<prefix>.<group_id>.<worker_id>``
+(:func:`transactional_id`; ``worker_id`` defaults to the host name).  Before KIP-447 a
+consume-transform-produce app needed one producer per input partition (id derived from the
+partition) so that the partition's next owner fenced the previous owner's producer.  Since
+KIP-447 (Kafka 2.5) the offsets sent with the consumer's *group metadata* (member id and
+generation) are refused for a member that lost the partition, so a zombie's transaction cannot
+commit and one producer per worker is safe; it costs one producer, one transaction and one
+EndTxn per round instead of one per partition.  The id must still be stable across restarts
+of the same worker: the restarted worker's ``init_transactions`` aborts the transaction its
+predecessor left open (at once, instead of after ``SLOTWATCH_KAFKA__TRANSACTION_TIMEOUT_MS``,
+during which read_committed consumers of the touched partitions are held at the open
+transaction) and fences the predecessor if it is still alive (it gets
+:class:`TransactionFenced`, exit code 7).  On the test broker (tansu 0.6, measured in
+``tests/test_transactions_kafka.py``) the stable id is the *only* protection: it accepts
+offsets with any member id and generation, and it did not abort a transaction left open past
+its timeout.
+
+**Errors.**  A fenced producer (``ProducerFencedError``, ``InvalidProducerEpochError``, or any
+call after one of them) raises :class:`TransactionFenced`: fatal, another process owns the id.
+Any other failure of a send, of the offsets or of the commit aborts the transaction (or, when
+the abort itself fails or hangs, replaces the producer by a new one with the same id, whose
+``init_transactions`` aborts it on the broker) and raises :class:`TransactionAborted`: the
+caller rewinds the round's partitions to their committed offsets and state, and replays.  A
+replacement producer that cannot initialise raises :class:`TransactionFatal` (exit code 5).
+
+kafka-python's ``send_offsets_to_transaction``, ``commit_transaction`` and
+``abort_transaction`` wait without a time limit; here each is bounded by ``timeout_s`` (run on
+a helper thread; one that overruns is abandoned with its producer).
+
+>>> from worker.settings import KafkaSettings
+>>> transactional_id(KafkaSettings(group_id="fleet", worker_id="slotwatch-2"))
+'slotwatch.fleet.slotwatch-2'
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from worker.exits import EXIT_BROKER, EXIT_FENCED
+from worker.settings import KafkaSettings
+
+log = logging.getLogger("slotwatch.transactions")
+
+
+class TransactionError(RuntimeError):
+    """A round's transaction failed; ``exit_code`` is the worker's exit code when it is fatal."""
+
+    exit_code: int = EXIT_BROKER
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class TransactionFenced(TransactionError):
+    """Another producer with this worker's transactional.id took over: stop (exit code 7), do not retry."""
+
+    exit_code = EXIT_FENCED
+
+
+class TransactionFatal(TransactionError):
+    """The producer cannot be used or replaced (e.g. not authorised for the transactional.id): exit code 5."""
+
+
+class TransactionAborted(TransactionError):
+    """The round was aborted (nothing of it is committed): rewind its partitions to the committed offsets and replay."""
+
+
+def worker_identity(k: KafkaSettings) -> str:
+    """``SLOTWATCH_KAFKA__WORKER_ID``, else the host name (a StatefulSet pod's or compose service's is stable)."""
+    return k.worker_id or os.environ.get("HOSTNAME") or socket.gethostname()
+
+
+def transactional_id(k: KafkaSettings) -> str:
+    """``<transactional_id_prefix>.<group_id>.<worker identity>``: one id per worker of a group (module doc)."""
+    return f"{k.transactional_id_prefix}.{k.group_id}.{worker_identity(k)}"
+
+
+def make_transactional_producer(k: KafkaSettings, *, init: bool = True, **overrides):
+    """A producer with :func:`transactional_id` (idempotent, acks=all, security from
+    :mod:`worker.kafka.clients`), ``init_transactions()`` done unless ``init`` is false.
+
+    Initialising aborts a transaction left open by a previous producer with the same id and
+    fences that producer.  Errors are kafka-python's (``KafkaError``: exit code 5 at start-up).
+    """
+    from worker.kafka.clients import make_producer
+
+    cfg = dict(transactional_id=transactional_id(k), transaction_timeout_ms=k.transaction_timeout_ms,
+               enable_idempotence=True)
+    cfg.update(overrides)
+    producer = make_producer(k, **cfg)
+    if init:
+        try:
+            producer.init_transactions()
+        except BaseException:
+            producer.close(timeout=0)
+            raise
+    log.info("transactional producer %s ready", cfg["transactional_id"])
+    return producer
+
+
+def read_committed_config() -> dict:
+    """What a downstream consumer sets to see only committed transactions (kafka-python keywords).
+
+    >>> read_committed_config()
+    {'isolation_level': 'read_committed'}
+    """
+    return {"isolation_level": "read_committed"}
+
+
+def make_committed_reader(bootstrap_or_settings, group_id: str | None = None, **overrides):
+    """A consumer that reads only committed output (``isolation_level="read_committed"``): it stops
+    at the first open transaction (the last stable offset) and skips aborted records on a broker
+    that reports them (not the test broker).  From :class:`KafkaSettings` (security included) or a
+    bootstrap string; no group unless ``group_id`` is given."""
+    from kafka import KafkaConsumer
+
+    if isinstance(bootstrap_or_settings, str):
+        cfg: dict = {"bootstrap_servers": bootstrap_or_settings}
+    else:
+        from worker.kafka.clients import common_config
+
+        cfg = common_config(bootstrap_or_settings)
+    cfg.update(group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest", **read_committed_config())
+    cfg.update(overrides)
+    return KafkaConsumer(**cfg)
+
+
+_FENCED_NAMES = ("ProducerFencedError", "InvalidProducerEpochError", "FencedInstanceIdError")
+
+
+def is_fenced(exc: BaseException | None, producer=None) -> bool:
+    """Whether ``exc`` (or the producer's recorded transactional error) means another producer took the id.
+
+    kafka-python raises ``ProducerFencedError`` once, then a plain ``KafkaError`` naming it for every
+    later call; the transaction manager keeps the original as its last error.
+    """
+    from kafka import errors as E
+
+    fenced = (E.ProducerFencedError, E.InvalidProducerEpochError, E.FencedInstanceIdError)
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, fenced) or isinstance(exc, TransactionFenced):
+            return True
+        if isinstance(exc, E.KafkaError) and any(n in str(exc) for n in _FENCED_NAMES):
+            return True
+        exc = exc.__cause__ or getattr(exc, "cause", None)
+    manager = getattr(producer, "_transaction_manager", None)  # kafka-python 3.0: no public accessor
+    return isinstance(getattr(manager, "last_error", None), fenced)
+
+
+def _as_offsets(offsets: Mapping[Any, Any], metadata: str) -> dict:
+    """``{TopicPartition: next offset | OffsetAndMetadata}`` as kafka-python's ``OffsetAndMetadata`` map."""
+    from kafka.structs import OffsetAndMetadata
+
+    return {tp: o if isinstance(o, OffsetAndMetadata) else OffsetAndMetadata(int(o), metadata, -1)
+            for tp, o in offsets.items()}
+
+
+class TransactionalRound:
+    """One Kafka transaction per checkpoint round, over a transactional producer.
+
+    It quacks like the producer for what the sink and :class:`~worker.kafka.changelog.ChangelogWriter`
+    use (``send``, ``flush``), so they can write through it unchanged.  The transaction begins
+    at the first :meth:`send` (or :meth:`send_offsets`) after a commit or abort: every record
+    produced between two rounds belongs to the open one (a transactional producer cannot send
+    outside a transaction).  :meth:`commit` sends the round's offsets with the consumer's group
+    metadata, waits for every record, and commits; :meth:`abort` drops it.
+
+    ``factory()`` returns an initialised transactional producer (:func:`make_transactional_producer`);
+    it is called once here and again whenever the producer must be replaced.
+    """
+
+    def __init__(self, factory: Callable[[], Any], *, timeout_s: float = 30.0, metadata: str = "slotwatch") -> None:
+        self._factory = factory
+        self.timeout_s = timeout_s
+        self.metadata = metadata
+        self.producer = factory()
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="slotwatch-txn")
+        self.open = False
+        self.sent = 0  # records sent in the open transaction
+        self.committed = 0  # transactions committed / aborted by this round object
+        self.aborted = 0
+        self.consecutive_failures = 0
+
+    # ----------------------------------------------------------------------------- the producer's face
+    def begin(self) -> None:
+        """Open the round's transaction (local in kafka-python: the broker hears of it at the first send)."""
+        if self.open:
+            return
+        try:
+            self.producer.begin_transaction()
+        except Exception as e:  # noqa: BLE001 - a fenced or broken producer
+            self._fail(e, "begin the transaction")
+        self.open = True
+        self.sent = 0
+
+    def send(self, topic: str, value=None, key=None, headers=None, partition=None, timestamp_ms=None):
+        """``KafkaProducer.send`` inside the open transaction (begun if needed); returns its future."""
+        self.begin()
+        try:
+            f = self.producer.send(topic, value=value, key=key, headers=headers, partition=partition,
+                                   timestamp_ms=timestamp_ms)
+        except Exception as e:  # noqa: BLE001 - the transaction is in an error state, or fenced
+            self._fail(e, f"send to {topic}")
+        self.sent += 1
+        return f
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every record sent so far is acknowledged (or failed: the commit then aborts)."""
+        self.producer.flush(timeout=self.timeout_s if timeout is None else timeout)
+
+    # ----------------------------------------------------------------------------- the round
+    def send_offsets(self, offsets: Mapping[Any, Any], group_metadata) -> None:
+        """Put the group's next offsets (``{TopicPartition: offset}``) into the open transaction.
+
+        ``group_metadata``: ``consumer.group_metadata()`` of the consuming worker, taken now (it
+        carries the generation the partitions were assigned in; a zombie's is refused by Kafka).
+        On the test broker a transaction that holds offsets but no record does not move the
+        committed offsets (after the producer's first transaction): a round always writes at
+        least its changelog markers.
+        """
+        self.begin()
+        if self.sent == 0:
+            log.warning("offsets sent in a transaction without records: the test broker (tansu 0.6) ignores them")
+        om = _as_offsets(offsets, self.metadata)
+        self._bounded(lambda: self.producer.send_offsets_to_transaction(om, group_metadata), "send the offsets")
+
+    def commit(self, offsets: Mapping[Any, Any] | None = None, group_metadata=None) -> None:
+        """Commit the round: offsets (when given) into the transaction, every record acknowledged, EndTxn.
+
+        Raises :class:`TransactionFenced` (fatal) or :class:`TransactionAborted` (the round was
+        aborted: rewind and replay).  Nothing open and no offsets: nothing to do.
+        """
+        if offsets:
+            if group_metadata is None:
+                raise ValueError("offsets need the consumer's group metadata (consumer.group_metadata())")
+            self.send_offsets(offsets, group_metadata)
+        if not self.open:
+            return
+        try:
+            self.producer.flush(timeout=self.timeout_s)
+        except Exception as e:  # noqa: BLE001 - KafkaTimeoutError: records not acknowledged in time
+            self._fail(e, "flush the round's records")
+        self._bounded(self.producer.commit_transaction, "commit the transaction")
+        self.open = False
+        self.committed += 1
+        self.consecutive_failures = 0
+
+    def abort(self, cause: BaseException | None = None) -> None:
+        """Abort the open transaction (its records are marked aborted, its offsets dropped).
+
+        A producer that cannot abort (error state, broker unreachable, overran ``timeout_s``) is
+        replaced: the new producer's ``init_transactions`` aborts the transaction on the broker.
+        Raises :class:`TransactionFenced` when the producer was fenced, :class:`TransactionFatal`
+        when no replacement can be made; otherwise returns with no transaction open.
+        """
+        if is_fenced(cause, self.producer):
+            self._fenced(cause)
+        if not self.open and cause is None:
+            return
+        try:
+            self._run(self.producer.abort_transaction)
+        except Exception as e:  # noqa: BLE001
+            if is_fenced(e, self.producer):
+                self._fenced(e)
+            log.warning("transaction abort failed (%s); replacing the producer (its init aborts the "
+                        "transaction on the broker)", e)
+            self._replace(e)
+        self.open = False
+        self.sent = 0
+        self.aborted += 1
+        self.consecutive_failures += 1
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Abort what is open (best effort) and close the producer."""
+        try:
+            if self.open:
+                self.abort()
+        except TransactionError as e:
+            log.warning("closing with the transaction not aborted (%s); the next init with this id aborts it", e)
+        finally:
+            if self.producer is not None:
+                self.producer.close(timeout=timeout)
+            self._pool.shutdown(wait=False)
+
+    # ----------------------------------------------------------------------------- internals
+    def _run(self, fn):
+        fut = self._pool.submit(fn)
+        try:
+            return fut.result(timeout=self.timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"no answer within {self.timeout_s:g} s") from None
+
+    def _bounded(self, fn, what: str) -> None:
+        try:
+            self._run(fn)
+        except Exception as e:  # noqa: BLE001
+            self._fail(e, what)
+
+    def _fail(self, e: BaseException, what: str):
+        """Map a failure: fenced -> TransactionFenced; else abort the round -> TransactionAborted."""
+        if is_fenced(e, self.producer):
+            self._fenced(e)
+        log.warning("could not %s (%s: %s); aborting the round", what, type(e).__name__, e)
+        self.abort(e)
+        raise TransactionAborted(f"transaction aborted: could not {what} ({type(e).__name__}: {e}); "
+                                 "rewind to the committed offsets and replay", e) from e
+
+    def _fenced(self, e: BaseException | None):
+        self.open = False
+        tid = getattr(self.producer, "config", {}).get("transactional_id")
+        try:
+            self.producer.close(timeout=0)
+        except Exception:  # noqa: BLE001 - closing a fenced producer
+            pass
+        raise TransactionFenced(
+            f"fenced: another producer initialised the transactional.id {tid!r} (a restarted copy of this worker, "
+            "or a second worker with the same SLOTWATCH_KAFKA__WORKER_ID); stopping without committing", e) from e
+
+    def _replace(self, cause: BaseException) -> None:
+        old, self.producer = self.producer, None
+        self._pool.shutdown(wait=False)  # a hung call keeps its thread; it is abandoned with the old producer
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="slotwatch-txn")
+        try:
+            old.close(timeout=0)
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            self.producer = self._factory()
+        except Exception as e:  # noqa: BLE001
+            raise TransactionFatal(f"cannot replace the transactional producer after {type(cause).__name__}: "
+                                   f"{type(e).__name__}: {e}", e) from e
