@@ -11,6 +11,10 @@ Suites (each also runs alone as ``python -m benchmarks.<suite>``):
 * ``clients``  kafka-python with/without crc32c vs. confluent-kafka; json vs. orjson/msgspec
 * ``silence``  silent sensors: what the check costs at 100k sensors, how soon it reports
 
+Not in the default set (it takes about 5 minutes, ``--quick`` 3.5), run it with ``--only scaleout``:
+
+* ``scaleout`` readings/s with 1, 2 and 3 workers in one group, state in the Kafka changelog
+
 Writes ``<results>/<machine>-<date>.json`` (every suite, the machine, versions and settings),
 ``<machine>-<date>.md`` (the summary) and ``<machine>-<date>.png`` (a chart).
 ``<results>`` is the untracked ``bench-results/`` unless ``--results DIR``
@@ -28,6 +32,7 @@ import traceback
 from benchmarks.common import add_results_option, machine, machine_tag, results_dir
 
 SUITES = ["engine", "e2e", "state", "training", "quality", "episodes", "clients", "silence"]
+OPTIONAL = ["scaleout"]  # known to --only, not run by default (total time)
 
 
 def _run_suite(name: str, quick: bool) -> tuple[dict | None, str]:
@@ -77,7 +82,7 @@ def chart(summary: dict, path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description="Run slotwatch's benchmarks and write their results (default: the untracked bench-results/).")
-    p.add_argument("--only", default=",".join(SUITES), help=f"comma-separated suites (default all: {','.join(SUITES)})")
+    p.add_argument("--only", default=",".join(SUITES), help=f"comma-separated suites (default all: {','.join(SUITES)}; also: {','.join(OPTIONAL)})")
     p.add_argument("--quick", action="store_true", help="smaller sizes, a few minutes in all")
     add_results_option(p)
     args = p.parse_args(argv)
@@ -85,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tune_gc()
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = [s for s in wanted if s not in SUITES]
+    unknown = [s for s in wanted if s not in SUITES + OPTIONAL]
     if unknown:
-        p.error(f"unknown suite(s) {unknown}; known: {SUITES}")
+        p.error(f"unknown suite(s) {unknown}; known: {SUITES + OPTIONAL}")
     summary: dict = {}
     md = [f"# slotwatch benchmarks — {machine_tag()}, {time.strftime('%Y-%m-%d', time.gmtime())}", "",
           "Every speed figure was measured next to its baseline in the same run; the machine is shared, so compare ratios.", "",

@@ -8,9 +8,9 @@ fail when ``SLOTWATCH_REQUIRE_DEPLOY_TOOLS=1`` (set by ``.ci/run``).
 
 No Docker engine or Kubernetes cluster runs here: the Dockerfile is linted and checked for its
 contract, the manifests are validated against the Kubernetes API schemas bundled with
-kubernetes-validate; the Prometheus Operator's CRDs (PodMonitor, PrometheusRule) are not in
-those schemas, so they are checked separately (a schema of ours for the fields we use, and
-promtool for the rules).
+kubernetes-validate; the Prometheus Operator's CRDs (PodMonitor, PrometheusRule) and KEDA's
+(ScaledObject, TriggerAuthentication) are not in those schemas, so they are checked
+separately (schemas of ours in tests/schemas/ for the fields we use, and promtool for the rules).
 """
 
 from __future__ import annotations
@@ -362,10 +362,10 @@ def test_kubernetes_manifests_validate_strictly():
 
 
 def test_strict_validation_refuses_an_unknown_field(tmp_path):
-    sts = yaml.safe_load((K8S / "50-statefulset.yaml").read_text())
-    sts["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGett"] = {"path": "/healthz"}
+    dep = yaml.safe_load((K8S / "50-deployment.yaml").read_text())
+    dep["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGett"] = {"path": "/healthz"}
     f = tmp_path / "bad.yaml"
-    f.write_text(yaml.safe_dump(sts))
+    f.write_text(yaml.safe_dump(dep))
     out = subprocess.run([tool("kubernetes-validate"), "--strict", str(f)], capture_output=True, text=True)
     assert out.returncode != 0 and "httpGett" in out.stdout + out.stderr
 
@@ -379,14 +379,53 @@ def test_operator_crds_checked_separately():
     assert rule["spec"] == yaml.safe_load((PROM / "alerts.yml").read_text())
 
 
-def test_worker_statefulset_contract():
+KEDA = {"scaledobject": K8S / "autoscaling" / "scaledobject.yaml",
+        "triggerauthentication": K8S / "autoscaling" / "triggerauthentication.yaml"}
+
+
+def test_keda_crds_checked_separately():
+    """kubernetes-validate has no schema for keda.sh either: the ScaledObject (with the kafka
+    trigger's metadata) and the TriggerAuthentication against tests/schemas/ (the fields of the
+    CRDs that we use, no others allowed)."""
+    for name, f in KEDA.items():
+        assert len(load_all(f)) == 1, f"{f.name}: one resource per file (check-jsonschema reads the first)"
+        run(tool("check-jsonschema"), "--schemafile", str(SCHEMAS / f"{name}.schema.json"), str(f))
+
+
+@pytest.mark.parametrize("path, value", [
+    (("spec", "maxReplicaCounts"), 6),                       # a typo of a field
+    (("spec", "triggers", 0, "metadata", "lagTreshold"), "5"),  # a typo of the kafka trigger's metadata
+    (("spec", "triggers", 0, "metadata", "lagThreshold"), 5),   # KEDA reads metadata as strings
+    (("spec", "triggers", 0, "metadata", "sasl"), "SCRAM-SHA-512"),  # Kafka's spelling, not KEDA's
+])
+def test_keda_schema_refuses_a_mistake(tmp_path, path, value):
+    so = yaml.safe_load(KEDA["scaledobject"].read_text())
+    node = so
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(so))
+    out = subprocess.run([tool("check-jsonschema"), "--schemafile", str(SCHEMAS / "scaledobject.schema.json"), str(f)],
+                         capture_output=True, text=True)
+    assert out.returncode != 0, out.stdout
+
+
+def test_worker_deployment_contract():
+    """The worker scales to N replicas with no per-pod state: a Deployment (no volume claim of its
+    own), state in the Kafka changelog, readiness on /readyz, a grace period longer than the
+    worker's own, a disruption budget that lets one pod go at a time."""
     m = manifests()
-    sts = m["StatefulSet/slotwatch"]
+    assert "StatefulSet/slotwatch" not in m
+    dep = m["Deployment/slotwatch"]
     cfg = m["ConfigMap/slotwatch-config"]["data"]
-    pod = sts["spec"]["template"]
+    pod = dep["spec"]["template"]
     spec = pod["spec"]
     (c,) = spec["containers"]
-    assert sts["spec"]["replicas"] == 1
+    assert dep["spec"]["replicas"] >= 1
+    assert cfg["SLOTWATCH_CHECKPOINT__STATE_STORE"] == "kafka" and cfg["SLOTWATCH_CHECKPOINT__CHANGELOG_TOPIC"]
+    roll = dep["spec"]["strategy"]
+    assert roll["type"] == "RollingUpdate" and roll["rollingUpdate"]["maxUnavailable"] == 0  # capacity never dips
     assert c["args"] == ["run"]
     assert spec["terminationGracePeriodSeconds"] > float(cfg["SLOTWATCH_SHUTDOWN_GRACE_S"]) + 10
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -400,16 +439,63 @@ def test_worker_statefulset_contract():
     mounts = {v["mountPath"]: v for v in c["volumeMounts"]}
     assert cfg["SLOTWATCH_CHECKPOINT__DIR"] in mounts and cfg["SLOTWATCH_MODEL__PATH"] in mounts
     assert mounts[cfg["SLOTWATCH_MODEL__PATH"]]["readOnly"]
-    assert {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]} == {mounts[cfg["SLOTWATCH_CHECKPOINT__DIR"]]["name"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert "emptyDir" in volumes[mounts[cfg["SLOTWATCH_CHECKPOINT__DIR"]]["name"]]  # nothing per pod to keep
+    assert "volumeClaimTemplates" not in dep["spec"]
+    models = volumes[mounts[cfg["SLOTWATCH_MODEL__PATH"]]["name"]]["persistentVolumeClaim"]["claimName"]
+    assert "ReadWriteMany" in m[f"PersistentVolumeClaim/{models}"]["spec"]["accessModes"]  # N pods, any nodes
     env = {e["name"]: e for e in c["env"]}
     assert env["SLOTWATCH_KAFKA__SECURITY__SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "slotwatch-kafka"
     assert "TF_NUM_INTRAOP_THREADS" in env and "TF_NUM_INTEROP_THREADS" in env
     labels = pod["metadata"]["labels"]
-    for sel in (m["Service/slotwatch"]["spec"]["selector"], m["PodDisruptionBudget/slotwatch"]["spec"]["selector"]["matchLabels"],
-                m["PodMonitor/slotwatch"]["spec"]["selector"]["matchLabels"], sts["spec"]["selector"]["matchLabels"]):
+    pdb = m["PodDisruptionBudget/slotwatch"]["spec"]
+    for sel in (m["Service/slotwatch"]["spec"]["selector"], pdb["selector"]["matchLabels"],
+                m["PodMonitor/slotwatch"]["spec"]["selector"]["matchLabels"], dep["spec"]["selector"]["matchLabels"]):
         assert sel.items() <= labels.items(), sel
+    # one pod at a time, whatever N: with 1 replica a drain is a short pause, never blocked
+    assert pdb.get("maxUnavailable") == 1 and "minAvailable" not in pdb
+    assert pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     assert m["PodMonitor/slotwatch"]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
     assert labels[m["PodMonitor/slotwatch"]["spec"]["jobLabel"]] == "slotwatch"  # job="slotwatch" as the alerts expect
+
+
+def test_autoscaler_fits_the_deployment_the_group_and_the_topic():
+    m = manifests()
+    cfg = m["ConfigMap/slotwatch-config"]["data"]
+    so = m["ScaledObject/slotwatch"]
+    spec = so["spec"]
+    dep = m["Deployment/slotwatch"]
+    ref = spec["scaleTargetRef"]
+    assert (ref["apiVersion"], ref.get("kind"), ref["name"]) == ("apps/v1", dep["kind"], dep["metadata"]["name"])
+    assert so["metadata"]["namespace"] == dep["metadata"]["namespace"]
+    partitions = int(so["metadata"]["annotations"]["slotwatch/readings-partitions"])
+    assert 1 <= spec["minReplicaCount"] <= dep["spec"]["replicas"] <= spec["maxReplicaCount"] <= partitions
+    (trig,) = spec["triggers"]
+    md = trig["metadata"]
+    assert trig["type"] == "kafka"
+    assert md["bootstrapServers"] == cfg["SLOTWATCH_KAFKA__BOOTSTRAP_SERVERS"]
+    assert md["consumerGroup"] == cfg["SLOTWATCH_KAFKA__GROUP_ID"]
+    assert md["topic"] == cfg["SLOTWATCH_KAFKA__READINGS_TOPIC"]
+    assert md["allowIdleConsumers"] == "false"  # never more workers than partitions
+    # lag is measured from committed offsets, committed once per checkpoint round: a worker at
+    # 10k readings/s carries interval_s x 10k of it while healthy, which must not add a replica
+    assert int(md["lagThreshold"]) >= 10_000 * float(cfg["SLOTWATCH_CHECKPOINT__INTERVAL_S"])
+    # KEDA connects as the worker does
+    assert cfg["SLOTWATCH_KAFKA__SECURITY__PROTOCOL"] == "SASL_SSL" and md["tls"] == "enable"
+    keda_sasl = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
+    assert md["sasl"] == keda_sasl[cfg["SLOTWATCH_KAFKA__SECURITY__SASL_MECHANISM"]]
+    auth = m[f"TriggerAuthentication/{trig['authenticationRef']['name']}"]["spec"]["secretTargetRef"]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+           if "secretKeyRef" in e.get("valueFrom", {})}
+    refs = {a["parameter"]: (a["name"], a["key"]) for a in auth}
+    for param, var in (("username", "SLOTWATCH_KAFKA__SECURITY__SASL_USERNAME"), ("password", "SLOTWATCH_KAFKA__SECURITY__SASL_PASSWORD")):
+        assert refs[param] == (env[var]["name"], env[var]["key"]), param
+    tls = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}["kafka-tls"]["secret"]["secretName"]
+    assert refs["ca"] == (tls, cfg["SLOTWATCH_KAFKA__SECURITY__SSL_CAFILE"].rsplit("/", 1)[1])
+    # one pod per step, and a long wait before scaling down: each step is a rebalance
+    beh = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert all(p["type"] == "Pods" and p["value"] == 1 for d in ("scaleUp", "scaleDown") for p in beh[d]["policies"])
+    assert beh["scaleDown"]["stabilizationWindowSeconds"] >= 300
 
 
 def test_retraining_cronjob_writes_where_the_worker_reads():
@@ -448,19 +534,28 @@ def test_compose_file_matches_the_compose_spec():
 def test_compose_wiring():
     c = yaml.safe_load(COMPOSE.read_text())
     s = c["services"]
-    assert {"kafka", "kafka-init", "worker", "retrain", "prometheus", "grafana"} <= set(s)
+    assert {"kafka", "kafka-init", "worker", "worker-2", "retrain", "prometheus", "grafana"} <= set(s)
     assert "broker,controller" in s["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft, no ZooKeeper
-    assert s["worker"]["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
-    assert s["retrain"]["profiles"] == ["retrain"] and "train --from-kafka" in " ".join(s["retrain"]["command"])
-    grace = float(s["worker"]["environment"]["SLOTWATCH_SHUTDOWN_GRACE_S"])
-    assert int(s["worker"]["stop_grace_period"].rstrip("s")) > grace
-    port = s["worker"]["environment"]["SLOTWATCH_METRICS__PORT"]
+    workers = [s["worker"], s["worker-2"]]
     scrape = yaml.safe_load((PROM / "prometheus.yml").read_text())["scrape_configs"]
-    assert {"job_name": "slotwatch", "targets": [f"worker:{port}"]} in [
-        {"job_name": j["job_name"], "targets": j["static_configs"][0]["targets"]} for j in scrape
-    ]
-    assert "../prometheus:/etc/prometheus:ro" in s["prometheus"]["volumes"]
+    (job,) = [j for j in scrape if j["job_name"] == "slotwatch"]
+    targets = job["static_configs"][0]["targets"]
     topics = s["kafka-init"]["command"][0]
+    for name, w in zip(("worker", "worker-2"), workers):
+        env = w["environment"]
+        assert w["command"] == ["run"]
+        assert w["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+        assert float(w["stop_grace_period"].rstrip("s")) > float(env["SLOTWATCH_SHUTDOWN_GRACE_S"])
+        assert f"{name}:{env['SLOTWATCH_METRICS__PORT']}" in targets
+        # two workers of one group, state in Kafka, no checkpoint volume shared between them
+        assert env["SLOTWATCH_CHECKPOINT__STATE_STORE"] == "kafka"
+        assert env["SLOTWATCH_KAFKA__GROUP_ID"] == workers[0]["environment"]["SLOTWATCH_KAFKA__GROUP_ID"]
+        assert not any(v.split(":")[1] == env["SLOTWATCH_CHECKPOINT__DIR"] for v in w.get("volumes", []))
+        assert f"create {env['SLOTWATCH_CHECKPOINT__CHANGELOG_TOPIC']} \"$${{PARTITIONS}}\" cleanup.policy=compact" in topics
+    assert workers[0]["environment"]["SLOTWATCH_KAFKA__CLIENT_ID"] != workers[1]["environment"]["SLOTWATCH_KAFKA__CLIENT_ID"]
+    assert {p.split(":")[0] for p in workers[0]["ports"]} != {p.split(":")[0] for p in workers[1]["ports"]}
+    assert s["retrain"]["profiles"] == ["retrain"] and "train --from-kafka" in " ".join(s["retrain"]["command"])
+    assert "../prometheus:/etc/prometheus:ro" in s["prometheus"]["volumes"]
     for t in ("slotwatch.readings", "slotwatch.scores", "slotwatch.anomalies", "slotwatch.dead-letter"):
         assert f"create {t} " in topics
 
