@@ -37,6 +37,9 @@ def _artifact(units: int, f: int):
 
 
 def bench_core(slots: int, units: int, f: int = 1, min_seconds: float = 1.0, max_ticks: int = 400, repeats: int = 3) -> dict:
+    """The core on full ticks, per-reading path (``process``: Reading objects in, Score objects out) and
+    columnar path (``process_columns``: ReadingColumns in, ScoreColumns out), interleaved with the bare step."""
+    from worker.core.columns import ReadingColumns
     from worker.core.detector import SlotDetector
     from worker.core.readings import Reading
 
@@ -48,6 +51,10 @@ def bench_core(slots: int, units: int, f: int = 1, min_seconds: float = 1.0, max
         vals = rng.normal(size=(ticks, slots, f))
         return [Reading(ids[s], (t0 + t) * 1000, vals[t, s]) for t in range(ticks) for s in range(slots)]
 
+    def columns(readings: list) -> ReadingColumns:
+        return ReadingColumns.build([r.sensor_id for r in readings], [r.ts_ms for r in readings],
+                                    np.array([r.values for r in readings]), partition=-1, offset=-1)
+
     det.process(make(3, 0))  # trace, allocate, fill every slot
     # size the run from a probe so every config takes about min_seconds
     probe = make(3, 3)
@@ -57,15 +64,25 @@ def bench_core(slots: int, units: int, f: int = 1, min_seconds: float = 1.0, max
     chunk = slots * max(4, -(-2000 // slots))  # whole ticks per poll-sized chunk
     x = np.zeros((slots, 1, f), np.float32)
     mask = np.ones(slots, bool)
-    tick_s = step_s = float("inf")
-    for rep in range(repeats):  # best of N, core and step interleaved: robust to a busy machine
-        data = make(ticks, 6 + rep * ticks)
+    tick_s = col_s = step_s = float("inf")
+    t_next = 6
+    for rep in range(repeats):  # best of N, paths and step interleaved: robust to a busy machine
+        data = make(ticks, t_next)
+        t_next += ticks
         ticks_before = det.stats.ticks
         with Timer() as t:
             for start in range(0, len(data), chunk):
                 det.process(data[start : start + chunk])
         assert det.stats.ticks - ticks_before == ticks, "every tick should be full"
         tick_s = min(tick_s, t.seconds / ticks)
+        polls = [columns(p) for p in (make(ticks, t_next)[s : s + chunk] for s in range(0, ticks * slots, chunk))]
+        t_next += ticks
+        ticks_before = det.stats.ticks
+        with Timer() as t:
+            for cols in polls:
+                det.process_columns(cols)
+        assert det.stats.ticks - ticks_before == ticks, "every tick should be full"
+        col_s = min(col_s, t.seconds / ticks)
         with Timer() as t:
             for _ in range(ticks):
                 det.engine.step(x, mask)
@@ -75,10 +92,14 @@ def bench_core(slots: int, units: int, f: int = 1, min_seconds: float = 1.0, max
         "units": units,
         "ticks": ticks,
         "core_readings_per_s": slots / tick_s,
+        "columnar_readings_per_s": slots / col_s,
         "tick_us": tick_s * 1e6,
+        "columnar_tick_us": col_s * 1e6,
         "step_us": step_s * 1e6,
         "around_us": (tick_s - step_s) * 1e6,
         "around_over_step": (tick_s - step_s) / step_s,
+        "columnar_around_us": (col_s - step_s) * 1e6,
+        "columnar_around_over_step": (col_s - step_s) / step_s,
     }
 
 

@@ -177,19 +177,21 @@ class SlotDetector:
         if self.max_sensors is not None and (groups.rows < 0).any():
             self._admit(groups, cols, out)
         slot_col = table.cols["slot"]
-        positions, rows = groups.positions, groups.rows
-        for k, live in intake.rounds(groups):
+        rows = groups.rows
+        for _, live, at in intake.rounds(groups):
             if len(live) > self.slots:  # several ticks: sensors holding a slot first, so fewer are paged
                 r = rows[live]
                 held = np.zeros(len(live), bool)
                 held[r >= 0] = slot_col[r[r >= 0]] >= 0
-                live = np.concatenate([live[held], live[~held]])
+                first = np.concatenate([np.nonzero(held)[0], np.nonzero(~held)[0]])
+                live, at = live[first], at[first]
             for start in range(0, len(live), self.slots):
                 chunk = live[start : start + self.slots]
-                self._tick(rows[chunk], np.fromiter((positions[g][k] for g in chunk.tolist()), np.int64, len(chunk)), cols, out)
-                if (rows[chunk] < 0).any():  # new sensors got their rows in this tick
+                new = rows[chunk] < 0
+                self._tick(rows[chunk], at[start : start + self.slots], cols, out)
+                if new.any():  # new sensors got their rows in this tick
                     index = table.index
-                    for g in chunk[rows[chunk] < 0].tolist():
+                    for g in chunk[new].tolist():
                         rows[g] = index.get(groups.sensors[g], -1)
         if self.silence is not None and n:
             self.silence.observe(table, self._seq_rows, self._seq_ts)
@@ -210,7 +212,7 @@ class SlotDetector:
         if need > evicted:
             refused = new[len(new) - (need - evicted):]
             for g in refused.tolist():
-                for i in groups.positions[g].tolist():
+                for i in groups.flat[groups.starts[g] : groups.starts[g] + groups.counts[g]].tolist():
                     out.reject(i, "no_capacity", f"the worker holds its maximum of {self.max_sensors} sensors and none is idle")
             keep = np.ones(len(groups.sensors), bool)
             keep[refused] = False

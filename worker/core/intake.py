@@ -74,16 +74,36 @@ def check(cols: ReadingColumns, index: dict, n_features: int, max_sensor_id_byte
 
 @dataclass
 class Groups:
-    """The accepted readings of a batch per sensor, sensors in order of their first accepted reading."""
+    """The accepted readings of a batch per sensor, sensors in order of their first accepted reading.
+
+    ``flat`` holds the rows of the batch sensor after sensor (each sensor's in arrival order);
+    sensor ``g``'s are ``flat[starts[g] : starts[g] + counts[g]]``."""
 
     sensors: list  # sensor ids
-    positions: list  # per sensor: its rows of the batch, in order (int64 arrays)
     rows: np.ndarray  # per sensor: its table row, or -1 (not in the table yet)
+    flat: np.ndarray
+    starts: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def positions(self) -> list[np.ndarray]:
+        return [self.flat[a : a + n] for a, n in zip(self.starts.tolist(), self.counts.tolist())]
 
     def drop(self, keep: np.ndarray) -> None:
+        """Keep only the sensors where ``keep``."""
         self.sensors = [s for s, k in zip(self.sensors, keep.tolist()) if k]
-        self.positions = [p for p, k in zip(self.positions, keep.tolist()) if k]
         self.rows = self.rows[keep]
+        self.flat, self.starts, self.counts = _regroup(self.flat, self.starts, self.counts, np.nonzero(keep)[0])
+
+
+def _regroup(flat: np.ndarray, starts: np.ndarray, counts: np.ndarray, order: np.ndarray):
+    """The segments ``order`` of ``flat`` (given by ``starts``/``counts``), one after the other."""
+    cnt = counts[order]
+    new_starts = np.zeros(len(order), np.int64)
+    if len(order) > 1:
+        new_starts[1:] = np.cumsum(cnt)[:-1]
+    idx = np.repeat(starts[order] - new_starts, cnt) + np.arange(int(cnt.sum()))
+    return flat[idx], new_starts, cnt
 
 
 def sequence(cols: ReadingColumns, ok: np.ndarray, index: dict, last_ts: np.ndarray, part_col: np.ndarray,
@@ -95,11 +115,14 @@ def sequence(cols: ReadingColumns, ok: np.ndarray, index: dict, last_ts: np.ndar
     its table row, or of its first accepted reading with a partition."""
     ids = cols.sensor_id
     pos = np.nonzero(ok)[0]
-    code_of: dict[str, int] = {}
-    codes = np.fromiter((code_of.setdefault(ids[i], len(code_of)) for i in pos.tolist()), np.int64, len(pos))
+    ids_ok = ids if len(pos) == len(ids) else [ids[i] for i in pos.tolist()]
+    code_of = dict.fromkeys(ids_ok)  # distinct sensors in order of first appearance
+    for k, s in enumerate(code_of):
+        code_of[s] = k
+    codes = np.fromiter(map(code_of.__getitem__, ids_ok), np.int64, len(pos))
     sensors = list(code_of)
     g = len(sensors)
-    rows = np.fromiter((index.get(s, -1) for s in sensors), np.int64, g)
+    rows = np.fromiter(map(index.get, sensors, [-1] * g), np.int64, g)
     known = rows >= 0
     prev_ts = np.full(g, NO_TS, np.int64)
     own = np.full(g, -1, np.int64)
@@ -115,23 +138,22 @@ def sequence(cols: ReadingColumns, ok: np.ndarray, index: dict, last_ts: np.ndar
     hard = rst | (first & (ts < prev_ts[c]))
     hard[1:] |= ~first[1:] & ((ts[1:] < ts[:-1]) | (part[1:] != part[:-1]))
     hard |= first & (own[c] >= 0) & (part >= 0) & (part != own[c])
+    if not hard.any():  # every reading accepted; groups in order of first appearance
+        starts = np.nonzero(first)[0]
+        return Groups(sensors, rows, p, starts, np.diff(np.append(starts, len(p))))
     accept = np.ones(len(p), bool)
-    if hard.any():
-        bad = np.zeros(g, bool)
-        bad[c[hard]] = True
-        walk = bad[c]
-        accept[walk] = False
-        for k in np.nonzero(walk)[0][np.argsort(p[walk], kind="stable")].tolist():  # in arrival order
-            accept[k] = _one(out, int(p[k]), sensors[c[k]], int(ts[k]), int(part[k]), bool(rst[k]), prev_ts, own, int(c[k]))
+    bad = np.zeros(g, bool)
+    bad[c[hard]] = True
+    walk = bad[c]
+    accept[walk] = False
+    for k in np.nonzero(walk)[0][np.argsort(p[walk], kind="stable")].tolist():  # in arrival order
+        accept[k] = _one(out, int(p[k]), sensors[c[k]], int(ts[k]), int(part[k]), bool(rst[k]), prev_ts, own, int(c[k]))
     # groups in order of their first accepted reading
     pa, ca = p[accept], c[accept]
-    start = np.full(g, np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(start, ca, pa)
-    live = start[np.unique(ca)] if len(ca) else np.zeros(0, np.int64)
-    kept = np.unique(ca)
-    kept = kept[np.argsort(live, kind="stable")]
-    bounds = np.searchsorted(ca, kept), np.searchsorted(ca, kept, side="right")
-    return Groups([sensors[k] for k in kept.tolist()], [pa[a:b] for a, b in zip(*(x.tolist() for x in bounds))], rows[kept])
+    kept, starts = np.unique(ca, return_index=True)  # ca is sorted: starts are each group's first accepted reading
+    by_first = np.argsort(pa[starts], kind="stable")
+    flat, starts, counts = _regroup(pa, starts, np.diff(np.append(starts, len(pa))), by_first)
+    return Groups([sensors[k] for k in kept[by_first].tolist()], rows[kept[by_first]], flat, starts, counts)
 
 
 def _one(out: ScoreColumns, i: int, sid: str, ts: int, part: int, reset: bool, prev_ts: np.ndarray, own: np.ndarray,
@@ -150,21 +172,21 @@ def _one(out: ScoreColumns, i: int, sid: str, ts: int, part: int, reset: bool, p
 
 
 def rounds(groups: Groups):
-    """``(k, sensor indices)`` of every round: the k-th reading of every sensor that has one, in group order."""
-    counts = np.fromiter((len(p) for p in groups.positions), np.int64, len(groups.positions))
+    """``(k, sensor indices, positions)`` of every round: the k-th reading of every sensor that has one, in group order."""
+    counts, starts, flat = groups.counts, groups.starts, groups.flat
     k = 0
     live = np.arange(len(counts))
     while len(live):
-        yield k, live
+        yield k, live, flat[starts[live] + k]
         k += 1
         live = live[counts[live] > k]
 
 
 def newest_per_partition(cols: ReadingColumns, groups: Groups) -> dict[int, int]:
     """partition -> newest time stamp among the grouped readings (the stream time they bring)."""
-    if not groups.positions:
+    if not len(groups.flat):
         return {}
-    p = np.concatenate(groups.positions)
+    p = groups.flat
     parts, ts = cols.partition[p], cols.ts_ms[p]
     uniq, inv = np.unique(parts, return_inverse=True)
     best = np.full(len(uniq), NO_TS, np.int64)
