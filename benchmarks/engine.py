@@ -10,7 +10,12 @@ For each batch size B and LSTM width, in one run:
 * **(a) predict per reading** — ``model.predict`` on a batch-1 stateful model, once per
   reading (the pattern in the seed articles);
 * **(b) stateless window** — a stateless copy of the network re-scoring the last 64
-  readings for every reading, batched 256 windows per compiled call.
+  readings for every reading, batched 256 windows per compiled call;
+* **columnar** — :meth:`SlotDetector.process_columns` on the same ticks (ReadingColumns in,
+  ScoreColumns out), next to the per-reading path in the same run;
+* **codec** — one poll (5,000 readings, 4 features) decoded by ``ReadingCodec.decode`` per
+  message and by ``BatchCodec.decode_batch`` with each decoder; scores encoded by
+  ``encode_score`` per score and ``encode_scores`` for the poll.
 
 Run: ``python -m benchmarks.engine [--quick]`` (or ``make bench``).
 """
@@ -37,6 +42,9 @@ def _artifact(units: int, f: int):
 
 
 def bench_core(slots: int, units: int, f: int = 1, min_seconds: float = 1.0, max_ticks: int = 400, repeats: int = 3) -> dict:
+    """The core on full ticks, per-reading path (``process``: Reading objects in, Score objects out) and
+    columnar path (``process_columns``: ReadingColumns in, ScoreColumns out), interleaved with the bare step."""
+    from worker.core.columns import ReadingColumns
     from worker.core.detector import SlotDetector
     from worker.core.readings import Reading
 
@@ -48,6 +56,10 @@ def bench_core(slots: int, units: int, f: int = 1, min_seconds: float = 1.0, max
         vals = rng.normal(size=(ticks, slots, f))
         return [Reading(ids[s], (t0 + t) * 1000, vals[t, s]) for t in range(ticks) for s in range(slots)]
 
+    def columns(readings: list) -> ReadingColumns:
+        return ReadingColumns.build([r.sensor_id for r in readings], [r.ts_ms for r in readings],
+                                    np.array([r.values for r in readings]), partition=-1, offset=-1)
+
     det.process(make(3, 0))  # trace, allocate, fill every slot
     # size the run from a probe so every config takes about min_seconds
     probe = make(3, 3)
@@ -57,15 +69,25 @@ def bench_core(slots: int, units: int, f: int = 1, min_seconds: float = 1.0, max
     chunk = slots * max(4, -(-2000 // slots))  # whole ticks per poll-sized chunk
     x = np.zeros((slots, 1, f), np.float32)
     mask = np.ones(slots, bool)
-    tick_s = step_s = float("inf")
-    for rep in range(repeats):  # best of N, core and step interleaved: robust to a busy machine
-        data = make(ticks, 6 + rep * ticks)
+    tick_s = col_s = step_s = float("inf")
+    t_next = 6
+    for rep in range(repeats):  # best of N, paths and step interleaved: robust to a busy machine
+        data = make(ticks, t_next)
+        t_next += ticks
         ticks_before = det.stats.ticks
         with Timer() as t:
             for start in range(0, len(data), chunk):
                 det.process(data[start : start + chunk])
         assert det.stats.ticks - ticks_before == ticks, "every tick should be full"
         tick_s = min(tick_s, t.seconds / ticks)
+        polls = [columns(p) for p in (make(ticks, t_next)[s : s + chunk] for s in range(0, ticks * slots, chunk))]
+        t_next += ticks
+        ticks_before = det.stats.ticks
+        with Timer() as t:
+            for cols in polls:
+                det.process_columns(cols)
+        assert det.stats.ticks - ticks_before == ticks, "every tick should be full"
+        col_s = min(col_s, t.seconds / ticks)
         with Timer() as t:
             for _ in range(ticks):
                 det.engine.step(x, mask)
@@ -75,11 +97,68 @@ def bench_core(slots: int, units: int, f: int = 1, min_seconds: float = 1.0, max
         "units": units,
         "ticks": ticks,
         "core_readings_per_s": slots / tick_s,
+        "columnar_readings_per_s": slots / col_s,
         "tick_us": tick_s * 1e6,
+        "columnar_tick_us": col_s * 1e6,
         "step_us": step_s * 1e6,
         "around_us": (tick_s - step_s) * 1e6,
         "around_over_step": (tick_s - step_s) / step_s,
+        "columnar_around_us": (col_s - step_s) * 1e6,
+        "columnar_around_over_step": (col_s - step_s) / step_s,
     }
+
+
+def bench_codec(n: int = 5000, repeats: int = 5) -> list[dict]:
+    """Microseconds per reading: decoding one poll into columns, and encoding its scores (same run)."""
+    from worker.batch_codec import DECODERS, BatchCodec, best_decoder, encode_scores
+    from worker.codec import ReadingCodec, encode_reading, encode_score
+    from worker.core.columns import ScoreColumns
+
+    feats = ["temp", "rpm", "vib", "load"]
+    rng = np.random.default_rng(0)
+    t0 = 1_795_168_800_000
+    rows = []
+    for fmt in ("epoch_ms", "iso"):
+        from worker.core.readings import format_ts
+
+        raws = [encode_reading(f"pump-{k % 500}", format_ts(t0 + k) if fmt == "iso" else t0 + k,
+                               {f: float(v) for f, v in zip(feats, rng.normal(size=4))}) for k in range(n)]
+        offs = list(range(n))
+        codec = ReadingCodec(feats)
+        cands = {"ReadingCodec.decode per message": lambda: [codec.decode(r, 0, o) for r, o in zip(raws, offs)]}
+        for d in DECODERS:
+            try:
+                bc = BatchCodec(feats, decoder=d)
+            except (AttributeError, TypeError):  # not installed
+                continue
+            cands[f"decode_batch ({d})"] = lambda bc=bc: bc.decode_batch(raws, 0, offs)
+        for name, fn in cands.items():
+            best = min(_timed(fn) for _ in range(repeats))
+            rows.append({"what": f"decode {fmt}", "how": name, "us_per_reading": best / n * 1e6})
+    # encoding: the scores of the last poll (as the detector would give them; the values do not matter for speed)
+    cols, _ = BatchCodec(feats, decoder=best_decoder()).decode_batch(raws, 0, offs)
+    sc = ScoreColumns.empty(cols, 4, 0.999)
+    sc.score[:] = rng.uniform(size=n)
+    sc.surprise[:], sc.error[:] = rng.uniform(0, 3, n), rng.uniform(0, 2, n)
+    sc.expected[:], sc.feature_z[:] = rng.normal(size=(n, 4)), rng.normal(size=(n, 4))
+    idx = np.arange(n)
+    objs = sc.to_objects()
+    for name, fn in {"encode_score per score": lambda: [encode_score(o, feats, "v1") for o in objs],
+                     "encode_scores (batch)": lambda: encode_scores(sc, idx, feats, "v1")}.items():
+        best = min(_timed(fn) for _ in range(repeats))
+        rows.append({"what": "encode score", "how": name, "us_per_reading": best / n * 1e6})
+    for what in {r["what"] for r in rows}:
+        base = next(r for r in rows if r["what"] == what)["us_per_reading"]
+        for r in rows:
+            if r["what"] == what:
+                r["x_per_message"] = base / r["us_per_reading"]
+    return rows
+
+
+def _timed(fn) -> float:
+    with Timer() as t:
+        fn()
+    return t.seconds
 
 
 def bench_predict_per_reading(units: int, f: int = 1, n: int = 60) -> dict:
@@ -174,6 +253,7 @@ def run(quick: bool = False, progress: bool = True) -> dict:
         r = bench_core(b, u, min_seconds=min_s)
         r["x_predict_per_reading"] = r["core_readings_per_s"] / base_a[u]["readings_per_s"]
         r["x_stateless_window"] = r["core_readings_per_s"] / base_b[u]["readings_per_s"]
+        r["columnar_x_stateless_window"] = r["columnar_readings_per_s"] / base_b[u]["readings_per_s"]
         rows.append(r)
         bar.set_postfix_str(f"B={b} u={u}: {r['core_readings_per_s']:,.0f}/s")
         bar.update()
@@ -185,14 +265,30 @@ def run(quick: bool = False, progress: bool = True) -> dict:
             "x_predict_per_reading_at_B256_u64": {"target": 1000, "measured": ref["x_predict_per_reading"], "met": ref["x_predict_per_reading"] >= 1000},
             "x_stateless_window_at_B256_u64": {"target": 20, "measured": ref["x_stateless_window"], "met": ref["x_stateless_window"] >= 20},
             "around_over_step_at_B256_u64": {"target": 1.0, "measured": ref["around_over_step"], "met": ref["around_over_step"] <= 1.0},
+            # issue 11: the columnar path
+            "columnar_around_over_step_at_B256_u64": {"target": 0.5, "measured": ref["columnar_around_over_step"],
+                                                      "met": ref["columnar_around_over_step"] <= 0.5},
+            "columnar_x_stateless_window_at_B256_u64": {"target": 20, "measured": ref["columnar_x_stateless_window"],
+                                                        "met": ref["columnar_x_stateless_window"] >= 20},
         }
+    codec = bench_codec(2000 if quick else 5000)
     return {"settings": {"quick": quick, "features": 1, "window": 64}, "baseline_predict_per_reading": base_a,
-            "baseline_stateless_window": base_b, "core": rows, "targets": targets}
+            "baseline_stateless_window": base_b, "core": rows, "codec": codec, "targets": targets,
+            "load_average": os.getloadavg()}
 
 
 def report(res: dict) -> str:
     cols = ["slots", "units", "core_readings_per_s", "step_us", "around_us", "around_over_step", "x_predict_per_reading", "x_stateless_window"]
-    lines = ["## Engine: readings/s of the scoring core vs. baselines (same run)", "", md_table(res["core"], cols), ""]
+    ccols = ["slots", "units", "columnar_readings_per_s", "step_us", "columnar_around_us", "columnar_around_over_step",
+             "columnar_x_stateless_window"]
+    lines = ["## Engine: readings/s of the scoring core vs. baselines (same run)", "",
+             f"Load average at the end: {', '.join(f'{x:.1f}' for x in res.get('load_average', ()))}", "",
+             "Per-reading path (`process`: Reading objects in, Score objects out):", "", md_table(res["core"], cols), "",
+             "Columnar path (`process_columns`: ReadingColumns in, ScoreColumns out), same run:", "",
+             md_table(res["core"], ccols), ""]
+    if res.get("codec"):
+        lines += ["Codec, microseconds per reading (one poll, 4 features; x = against the per-message call):", "",
+                  md_table(res["codec"], ["what", "how", "us_per_reading", "x_per_message"]), ""]
     lines.append("Baselines (readings/s): " + ", ".join(
         f"units {u}: predict per reading {res['baseline_predict_per_reading'][u]['readings_per_s']:.1f}, "
         f"stateless 64-window {res['baseline_stateless_window'][u]['readings_per_s']:,.0f}"

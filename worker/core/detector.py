@@ -33,28 +33,25 @@ zero anyway; when none is idle it is rejected ``no_capacity``.  Evictions are co
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from worker.core import adaptive
+from worker.core import adaptive, intake
 from worker.core.adaptive import AdaptParams
 from worker.core.artifact import Artifact
-from worker.core.attribution import surprise
+from worker.core.columns import ReadingColumns, ScoreColumns
 from worker.core.engine import SlotEngine
 from worker.core.episodes import EpisodeParams, EpisodeTracker
-from worker.core.limits import FLOAT32_MAX, SCALED_LIMIT, sensor_id_problem, ts_problem, values_problem
-from worker.core.readings import TS_MAX_MS, TS_MIN_MS, Reading, Rejection, Score
+from worker.core.readings import Reading, Rejection, Score
 from worker.core.router import SlotRouter
-from worker.core.scorer import ScorerParams, feature_errors, reading_error
+from worker.core.scorer import ScorerParams
+from worker.core.tick import run_tick
 from worker.state.table import NO_TS, StateTable
 
 #: the state-table columns of the silence tracker (worker.core.silence)
 SILENCE_COLUMNS = ("sil_last_ts", "sil_stream_ts", "cad_n", "cad_log", "cad_dev", "sil_due_ts")
-
-_MIN_STD_FRACTION = 1e-3  # an online-learned std never drops below this share of the fleet's
 
 
 @dataclass
@@ -158,120 +155,71 @@ class SlotDetector:
     def process(self, readings: Sequence[Reading]) -> list[Score | Rejection]:
         """Score readings; the result is aligned with the input (a Score or a Rejection each).
 
-        Every check that can reject a reading runs here, before any state changes.
-        """
-        out: list[Score | Rejection | None] = [None] * len(readings)
+        A thin wrapper over :meth:`process_columns`: the readings become columns, the score
+        columns become objects (carrying the readings' own value arrays and labels)."""
+        return self.process_columns(ReadingColumns.from_readings(readings, self.n_features)).to_objects(readings)
+
+    def process_columns(self, cols: ReadingColumns) -> ScoreColumns:
+        """Score a batch of readings given as columns; the result has one row per input row.
+
+        Every check that can reject a reading runs here, before any state changes
+        (:mod:`worker.core.intake`); then the accepted readings run in rounds (the k-th
+        reading of every sensor), each round cut into ticks of at most B sensors
+        (:mod:`worker.core.tick`)."""
+        n = len(cols)
+        out = ScoreColumns.empty(cols, self.n_features, self.params.threshold)
         if self.silence is not None:
-            self._seq_rows = np.full(len(readings), -1, np.int64)
-            self._seq_ts = np.zeros(len(readings), np.int64)
+            self._seq_rows = np.full(n, -1, np.int64)
+            self._seq_ts = np.zeros(n, np.int64)
         table = self.table
-        index = table.index
-        last_ts = table.cols["last_ts"]
-        part_col = table.cols["partition"]
-        groups: dict[str, list[int]] = {}
-        pending: dict[str, tuple[int, int]] = {}  # sensor -> (ts, partition) of its last accepted reading here
-        new: list[str] = []  # sensors without a table row, in order of their first accepted reading
-        bad = self._invalid(readings)
-        for i, r in enumerate(readings):
-            if bad and i in bad:
-                reason, detail = bad[i]
-                sid = r.sensor_id if reason not in ("bad_sensor_id", "missing_sensor_id") else None
-                out[i] = Rejection(reason, detail, sid, r.partition, r.offset)
-                continue
-            sid = r.sensor_id
-            prev = pending.get(sid)
-            if prev is None:
-                row = index.get(sid)
-                prev = (NO_TS, -1) if row is None else (int(last_ts[row]), int(part_col[row]))
-            prev_ts, own = prev
-            if own >= 0 and r.partition >= 0 and r.partition != own:
-                out[i] = Rejection("wrong_partition", f"sensor {sid!r} belongs to partition {own}, not {r.partition} "
-                                   "(key its readings by sensor id)", sid, r.partition, r.offset)
-                continue
-            if r.ts_ms < prev_ts and not r.reset:
-                out[i] = Rejection("late", f"ts {r.ts_ms} is older than the last reading applied ({prev_ts})", sid, r.partition, r.offset)
-                continue
-            pending[sid] = (r.ts_ms, own if own >= 0 else r.partition)
-            g = groups.get(sid)
-            if g is None:
-                groups[sid] = [i]
-                if sid not in index:
-                    new.append(sid)
-            else:
-                g.append(i)
-        if new and self.max_sensors is not None:
-            self._admit(new, groups, readings, out)
-
-        # rounds: the k-th reading of every sensor; each round is cut into ticks of <= B sensors
-        rnd = 0
-        order = list(groups)
-        while order:
-            if len(order) <= self.slots:
-                todo = order  # one tick: every sensor gets a slot, order does not matter
-            else:  # several ticks: sensors holding a slot first, so fewer are paged
-                sos = self.router.slot_of_sensor
-                todo = [s for s in order if s in sos] + [s for s in order if s not in sos]
-            for start in range(0, len(todo), self.slots):
-                chunk = todo[start : start + self.slots]
-                self._tick(chunk, [groups[s][rnd] for s in chunk], readings, out)
-            rnd += 1
-            order = [s for s in order if len(groups[s]) > rnd]
-        if self.silence is not None and readings:
+        ok = intake.check(cols, table.index, self.n_features, self.max_sensor_id_bytes, out)
+        groups = intake.sequence(cols, ok, table.index, table.cols["last_ts"], table.cols["partition"], out)
+        if self.max_sensors is not None and (groups.rows < 0).any():
+            self._admit(groups, cols, out)
+        slot_col = table.cols["slot"]
+        rows = groups.rows
+        for _, live, at in intake.rounds(groups):
+            if len(live) > self.slots:  # several ticks: sensors holding a slot first, so fewer are paged
+                r = rows[live]
+                held = np.zeros(len(live), bool)
+                held[r >= 0] = slot_col[r[r >= 0]] >= 0
+                first = np.concatenate([np.nonzero(held)[0], np.nonzero(~held)[0]])
+                live, at = live[first], at[first]
+            for start in range(0, len(live), self.slots):
+                chunk = live[start : start + self.slots]
+                new = rows[chunk] < 0
+                self._tick(rows[chunk], at[start : start + self.slots], cols, out)
+                if new.any():  # new sensors got their rows in this tick
+                    index = table.index
+                    for g in chunk[new].tolist():
+                        rows[g] = index.get(groups.sensors[g], -1)
+        if self.silence is not None and n:
             self.silence.observe(table, self._seq_rows, self._seq_ts)
-        return out  # type: ignore[return-value]
+        return out
 
-    def _invalid(self, readings: Sequence[Reading]) -> dict[int, tuple[str, str]]:
-        """{index: (reason, detail)} of readings whose values, time stamp or sensor id are out of bounds."""
-        bad: dict[int, tuple[str, str]] = {}
-        nf = self.n_features
-        index = self.table.index
-        ok_vals: list[int] = []
-        for i, r in enumerate(readings):
-            sid = r.sensor_id
-            if not (isinstance(sid, str) and sid in index):  # known sensors passed this check already
-                why = sensor_id_problem(sid, self.max_sensor_id_bytes)
-                if why is not None:
-                    bad[i] = ("bad_sensor_id", why)
-                    continue
-            ts = r.ts_ms
-            if not isinstance(ts, (int, np.integer)) or isinstance(ts, bool) or not (TS_MIN_MS <= ts <= TS_MAX_MS):
-                bad[i] = ("bad_timestamp", ts_problem(ts) if isinstance(ts, (int, np.integer)) else f"ts {ts!r} is not an integer")
-                continue
-            v = r.values
-            if not isinstance(v, np.ndarray) or v.shape != (nf,) or v.dtype.kind not in "fiu":
-                bad[i] = values_problem(v, nf) or ("non_numeric", "values are not a numeric array")
-                continue
-            ok_vals.append(i)
-        if ok_vals:  # one vectorised check of all values
-            vals = np.array([readings[i].values for i in ok_vals], dtype=np.float64)
-            with np.errstate(invalid="ignore"):
-                wrong = ~(np.abs(vals) <= FLOAT32_MAX).all(axis=1)  # NaN compares False
-            for k in np.nonzero(wrong)[0].tolist():
-                i = ok_vals[k]
-                bad[i] = values_problem(readings[i].values, nf) or ("non_finite", "values are not finite")
-        return bad
-
-    def _admit(self, new: list[str], groups: dict[str, list[int]], readings: Sequence[Reading], out: list) -> None:
-        """Make room for ``new`` sensors within ``max_sensors``: evict idle ones, reject the rest (``no_capacity``)."""
+    def _admit(self, groups: intake.Groups, cols: ReadingColumns, out: ScoreColumns) -> None:
+        """Make room for the new sensors of ``groups`` within ``max_sensors``: evict idle ones, reject the rest
+        (``no_capacity``, the sensors whose first reading came last)."""
         table = self.table
+        new = np.nonzero(groups.rows < 0)[0]
         need = table.n_rows + len(new) - self.max_sensors
         if need <= 0:
             return
         # the partitions' stream time includes this call's readings: a flood of new sensors that are all
         # refused never moves the table's own times forward, yet it does make the old sensors idle
-        now: dict[int, int] = {}
-        for idx in groups.values():
-            for i in idx:
-                r = readings[i]
-                if r.ts_ms > now.get(r.partition, NO_TS):
-                    now[r.partition] = int(r.ts_ms)
-        evicted = self._evict_idle(need, exclude=groups, now=now)
-        refused = new[len(new) - (need - evicted):] if need > evicted else []
-        for sid in refused:
-            for i in groups.pop(sid):
-                r = readings[i]
-                out[i] = Rejection("no_capacity", f"the worker holds its maximum of {self.max_sensors} sensors "
-                                   "and none is idle", sid, r.partition, r.offset)
+        now = intake.newest_per_partition(cols, groups)
+        evicted = self._evict_idle(need, exclude=set(groups.sensors), now=now)
+        if need > evicted:
+            refused = new[len(new) - (need - evicted):]
+            for g in refused.tolist():
+                for i in groups.flat[groups.starts[g] : groups.starts[g] + groups.counts[g]].tolist():
+                    out.reject(i, "no_capacity", f"the worker holds its maximum of {self.max_sensors} sensors and none is idle")
+            keep = np.ones(len(groups.sensors), bool)
+            keep[refused] = False
+            groups.drop(keep)
+        if evicted:  # rows moved: look the kept sensors up again
+            index = table.index
+            groups.rows = np.fromiter((index.get(s, -1) for s in groups.sensors), np.int64, len(groups.sensors))
 
     def _evict_idle(self, k: int, exclude, now: dict[int, int] | None = None) -> int:
         """Drop up to ``k`` sensors idle longer than max_gap behind their partition's newest reading
@@ -332,162 +280,9 @@ class SlotDetector:
         return self.process([reading])[0]
 
     # ------------------------------------------------------------------ one tick
-    def _tick(self, chunk: list[str], idx: list[int], readings: Sequence[Reading], out: list) -> None:
-        t_start = time.perf_counter()
-        table, router, engine = self.table, self.router, self.engine
-        c = table.cols
-        index = table.index
-        sos = router.slot_of_sensor
-        n0 = len(chunk)
-        rows = np.empty(n0, np.int64)
-        slots = np.empty(n0, np.int64)
-        fresh_pos: list[int] = []
-        for j, sid in enumerate(chunk):
-            row = index.get(sid)
-            rows[j] = -1 if row is None else row  # a new sensor gets its row once it has a slot
-            slot = sos.get(sid)
-            if slot is None:
-                fresh_pos.append(j)
-                slot = -1
-            slots[j] = slot
-        keep = np.ones(n0, bool)
-        out_rows: list[int] = []
-        out_slots: list[int] = []
-        in_rows: list[int] = []
-        in_slots: list[int] = []
-        if fresh_pos:
-            got = router.acquire_many([chunk[j] for j in fresh_pos], slots[slots >= 0])
-            for j, g in zip(fresh_pos, got):
-                if g is None:
-                    r = readings[idx[j]]
-                    out[idx[j]] = Rejection("no_free_slot", f"all {self.slots} slots are taken", r.sensor_id, r.partition, r.offset)
-                    keep[j] = False
-                    continue
-                slot, victim = g
-                slots[j] = slot
-                if victim is not None:
-                    out_rows.append(index[victim])
-                    out_slots.append(slot)
-                if rows[j] < 0:
-                    rows[j] = self._new_sensor(chunk[j], readings[idx[j]].partition)
-                in_rows.append(int(rows[j]))
-                in_slots.append(slot)
-        if out_rows:  # page out before the slots are overwritten
-            orow = np.array(out_rows)
-            c["state"][orow] = engine.read_state(np.array(out_slots))
-            c["slot"][orow] = -1
-            self.stats.page_outs += len(out_rows)
-        if in_rows:
-            irow = np.array(in_rows)
-            engine.write_state(np.array(in_slots), c["state"][irow])
-            c["slot"][irow] = in_slots
-            self.stats.page_ins += len(in_rows)
-        if not keep.all():
-            rows, slots = rows[keep], slots[keep]
-            idx = [i for i, k in zip(idx, keep) if k]
-        if len(rows) == 0:
-            return
-        router.touch_slots(slots)
-        batch = [readings[i] for i in idx]
-        n = len(batch)
-        ts = np.fromiter([r.ts_ms for r in batch], np.int64, n)
-        x = np.array([r.values for r in batch], dtype=np.float64)
-        if x.shape != (n, self.n_features):
-            raise ValueError(f"readings have values of shape {x.shape[1:]}, the model takes ({self.n_features},)")
-        if self._seq_rows is not None:  # for the silence tracker: what was applied where
-            pos = np.fromiter(idx, np.int64, n)
-            self._seq_rows[pos] = rows
-            self._seq_ts[pos] = ts
-
-        # sequence boundaries: explicit reset, or a gap longer than max_gap
-        count = c["count"][rows]
-        gap = (count > 0) & (ts - c["last_ts"][rows] > self.max_gap_ms)
-        req = np.fromiter((r.reset for r in batch), bool, n)
-        need = gap | req
-        events: list = []  # (position in batch, EpisodeEvent)
-        if need.any():
-            events = [(int(np.nonzero(need)[0][j]), e) for j, e in self.episodes.close(rows[need], ts[need], "reset")]
-            self._reset_rows(rows[need], slots[need])
-            self.stats.resets_gap += int(gap.sum())
-            self.stats.resets_request += int((req & ~gap).sum())
-            count = c["count"][rows]
-
-        # scaling: artifact values, or learned online for unseen sensors during warm-up
-        trained = c["trained"][rows]
-        warm_n = np.where(trained, self.params.warmup, 2 * self.params.warmup)
-        learning = (~trained) & (count < self.params.warmup)
-        if learning.any():
-            lr = rows[learning]
-            xl = x[learning]
-            k = (count[learning] + 1).astype(np.float64)[:, None]
-            mean = c["mean"][lr]
-            first = count[learning] == 0
-            mean = np.where(first[:, None], xl, mean)
-            delta = xl - mean
-            mean = mean + delta / k
-            m2 = np.where(first[:, None], 0.0, c["m2"][lr]) + delta * (xl - mean)
-            std = np.sqrt((m2 + self._global_std**2) / (k + 1.0))
-            std = np.maximum(std, self._global_std * _MIN_STD_FRACTION)
-            c["mean"][lr], c["m2"][lr], c["std"][lr] = mean, m2, std
-            ending = learning & (count + 1 >= self.params.warmup)
-            if ending.any():  # scaling freezes now: errors and levels so far were on moving scales
-                er = rows[ending]
-                c["err_mean"][er] = self.params.prior_mean
-                c["err_var"][er] = self.params.prior_var
-                c["lvl_mean"][er] = 0.0
-                c["lvl_var"][er] = 1.0
-        mean = c["mean"][rows]
-        std = c["std"][rows]
-        xs = np.clip((x - mean) / std, -SCALED_LIMIT, SCALED_LIMIT)  # finite in float32, and its squared error
-
-        # the compiled step over all B slots
-        X, M = self._x, self._mask
-        X[slots, 0, :] = xs
-        M[slots] = True
-        expected_all = engine.step(X, M)
-        X[slots] = 0.0
-        M[slots] = False
-        exp_s = expected_all[slots].astype(np.float64)
-
-        fz = feature_errors(xs, exp_s, self.residual_std)
-        err = reading_error(fz)
-        score, anom, warming, em, ev, es, tail = self._score(rows, x, xs, err, count, warm_n)
-        c["err_mean"][rows], c["err_var"][rows], c["err_short"][rows] = em, ev, es
-        c["count"][rows] = count + 1
-        c["total"][rows] += 1
-        c["last_ts"][rows] = ts
-        offs = np.fromiter((r.offset for r in batch), np.int64, n)
-        c["last_offset"][rows] = np.where(offs >= 0, offs, c["last_offset"][rows])
-        pos = c["recent_pos"][rows]
-        c["recent"][rows, pos] = x
-        c["recent_ts"][rows, pos] = ts
-        c["recent_pos"][rows] = (pos + 1) % table.recent
-        expected = exp_s * std + mean
-        surp = surprise(tail)  # the scorer's tail probability (1 - score without cancellation)
-        accepted = self._accepted  # the horizon accepted this reading's deviation as the new normal
-        step_events = self.episodes.step(rows, ts, score, surp, anom, accepted, x, expected, fz)
-        if step_events:
-            self._end_quiet_runs(rows, step_events)
-            events += step_events
-
-        st = self.stats
-        if len(self._tick_log) < 100_000:  # bounded if nobody drains it
-            self._tick_log.append((time.perf_counter() - t_start, n))
-        st.ticks += 1
-        st.readings += n
-        st.anomalies += int(anom.sum())
-        thr = self.params.threshold
-        # plain Python values in one go: indexing numpy scalars per reading costs more
-        for i, r, sc, e, an, wu, ex, sp, z, ac in zip(idx, batch, score.tolist(), err.tolist(), anom.tolist(), warming.tolist(),
-                                                     expected, surp.tolist(), fz, accepted.tolist()):
-            out[i] = Score(r.sensor_id, r.ts_ms, sc, e, an, thr, wu, r.values, ex, r.partition, r.offset, r.label, sp, z,
-                           accepted=ac)
-        for p, event in events:  # in position order: a reset's close comes before this reading's open
-            sc = out[idx[p]]
-            if sc.episodes is None:
-                sc.episodes = [event]
-            else:
-                sc.episodes.append(event)
+    def _tick(self, rows: np.ndarray, idx: np.ndarray, cols: ReadingColumns, out: ScoreColumns) -> None:
+        """One tick: the readings at positions ``idx`` of ``cols``, one per sensor (``rows``: table rows, -1 new)."""
+        run_tick(self, rows, idx, cols, out)
 
     def _score(self, rows: np.ndarray, x: np.ndarray, xs: np.ndarray, err: np.ndarray, count: np.ndarray, warm_n: np.ndarray):
         """The scoring lines of a tick (:func:`worker.core.adaptive.score_tick` on the rows' state).
