@@ -28,7 +28,7 @@ USES_TENSORFLOW = {"run", "replay", "train", "evaluate", "demo"}
 
 #: subcommand -> module
 COMMANDS: dict[str, str] = {
-    "run": "worker.app",
+    "run": "worker.run_cmd",
     "replay": "worker.replay",
     "train": "training.train",
     "simulate": "training.simulate",

@@ -263,16 +263,16 @@ class ModelWatch:
             self.stage = "warming"
             return
         # the boundary: every output so far is acknowledged and checkpointed under the old version
-        if w.restored and not w._checkpoint(sorted(w.restored), deadline=time.monotonic() + 10.0):
+        if w.restored and not w.checkpoints.round(sorted(w.restored), deadline=time.monotonic() + 10.0):
             log.warning("model candidate %s: checkpoint before the switch did not complete; retrying", a.version)
             return
         old = w.model_version
         cand.adopt_silence(w.detector)  # issue 16: the silence tracker goes on with the new detector
         w.detector, w.artifact, w.model_version = cand, a, a.version
-        w._stats = w._stats_snapshot()
+        w.telemetry.reset_stats()
         w.checkpointed.clear()  # the next round writes every partition under the new version
         if w.restored:
-            w._checkpoint(sorted(w.restored), deadline=time.monotonic() + 10.0)
+            w.checkpoints.round(sorted(w.restored), deadline=time.monotonic() + 10.0)
         m = w.metrics
         m.candidates.labels(outcome).inc()
         m.candidate_refused.set(0)
