@@ -59,3 +59,24 @@ def test_the_check_finds_a_long_module_and_a_long_class(tmp_path):
         f"worker/big.py: module of {MAX_CLASS_LINES + 106} lines (at most {MAX_MODULE_LINES})",
         f"worker/big.py: class Big of {MAX_CLASS_LINES + 6} lines (at most {MAX_CLASS_LINES})",
     ]
+
+
+def training_imports(root: Path = ROOT) -> list[str]:
+    """``worker/`` modules that import ``training`` (training may import worker, not the other way)."""
+    out = []
+    for path in sorted((root / "worker").rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=rel)):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            out += [f"{rel}:{node.lineno} imports {n}" for n in names if n == "training" or n.startswith("training.")]
+    return out
+
+
+def test_worker_does_not_import_training():
+    # worker/cli.py names the training commands by module path (a string, imported only to run them)
+    bad = training_imports()
+    assert not bad, "worker must not depend on training:\n" + "\n".join(bad)

@@ -33,7 +33,7 @@ COMMANDS: dict[str, str] = {
     "train": "training.train",
     "simulate": "training.simulate",
     "evaluate": "training.evaluate",
-    "demo": "worker.demo",
+    "demo": "training.demo",
     "broker": "worker.kafka.embedded",
 }
 

@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from worker.demo_view import EpisodeTail, render  # noqa: F401 - the demo's screen
+from training.demo_view import EpisodeTail, render  # noqa: F401 - the demo's screen
 
 HELP = "run everything locally: broker, simulated fleet with anomalies, a model, the worker, a live view"
 
