@@ -35,8 +35,8 @@ DEMO_RATE = 2000.0  # readings per second the demo streams
 
 
 def train_demo_model(workdir: Path) -> Path:
-    """The demo's model, trained by the demo's own recipe (``worker.demo.ensure_model``) into ``workdir``."""
-    from worker.demo import ensure_model
+    """The demo's model, trained by the demo's own recipe (``training.demo.ensure_model``) into ``workdir``."""
+    from training.demo import ensure_model
 
     return ensure_model(workdir, retrain=False, epochs=12)
 
@@ -44,7 +44,7 @@ def train_demo_model(workdir: Path) -> Path:
 def healthy_fleet(sensors: int, steps: int):
     """The demo's stream fleet with no anomaly injected."""
     from training.simulate import simulate
-    from worker.demo import ID_PREFIX
+    from training.demo import ID_PREFIX
 
     return simulate(sensors, steps, FEATURES, seed=2, id_prefix=ID_PREFIX, kinds=())
 

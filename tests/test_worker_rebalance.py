@@ -25,16 +25,25 @@ def _worker(kafka_broker, artifact_1f, tmp_path):
     topics = kafka_broker.topics("rebal", partitions=2)
     s = worker_settings(kafka_broker, topics, artifact_1f, tmp_path / "ck")
     w = Worker(s, artifact=art.load(artifact_1f))
-    w.consumer = make_consumer(s.kafka)
+    w.source.consumer = make_consumer(s.kafka)
     tps = [TopicPartition(topics["readings"], p) for p in (0, 1)]
-    w.consumer.assign(tps)
-    w.on_assigned(tps)
+    w.source.consumer.assign(tps)
+    w.partitions.assigned(tps)
     assert w.restored == {0, 1}
     return w, tps
 
 
+def _pending(w, fut, offsets):
+    """A background checkpoint round in flight whose write is ``fut`` and whose offsets are ``offsets``."""
+    from worker.checkpointing.coordinator import Round
+
+    r = Round(w.checkpoints, [], None, True)
+    r.offsets = offsets
+    w.checkpoints.pending = (fut, r)
+
+
 def _committed(w, tp):
-    return w.consumer.committed(tp)
+    return w.source.consumer.committed(tp)
 
 
 def test_commits_cover_only_partitions_still_owned(kafka_broker, artifact_1f, tmp_path):
@@ -45,12 +54,12 @@ def test_commits_cover_only_partitions_still_owned(kafka_broker, artifact_1f, tm
     pool = ThreadPoolExecutor(1)
     fut = pool.submit(lambda: (0, 0.0))
     offsets = {tp0: OffsetAndMetadata(10, "", -1), tp1: OffsetAndMetadata(12, "", -1)}
-    w._pending = (fut, offsets, {}, 0.0)
+    _pending(w, fut, offsets)
     w.restored.discard(1)
-    w._reap_checkpoint(wait=True)
+    w.checkpoints.reap(wait=True)
     assert _committed(w, tp0) == 10
     assert _committed(w, tp1) is None
-    w.consumer.close()
+    w.source.consumer.close()
     pool.shutdown()
 
 
@@ -61,23 +70,23 @@ def test_a_lost_partition_waits_for_an_inflight_write_only_within_the_budget(kaf
     budget = w.settings.kafka.session_timeout_ms / 1000 * w.settings.limits.revoke_budget_fraction
     pool = ThreadPoolExecutor(1)
     fut = pool.submit(lambda: (time.sleep(budget + 3.0), (0, 0.0))[1])  # a write stuck longer than the budget
-    w._pending = (fut, {tp0: OffsetAndMetadata(7, "", -1), tp1: OffsetAndMetadata(9, "", -1)}, {}, 0.0)
+    _pending(w, fut, {tp0: OffsetAndMetadata(7, "", -1), tp1: OffsetAndMetadata(9, "", -1)})
     failures = w.metrics.checkpoint_failures._value.get()  # noqa: SLF001
     t0 = time.monotonic()
-    w.on_revoked([tp1], lost=True)
+    w.partitions.revoked([tp1], lost=True)
     took = time.monotonic() - t0
     assert budget - 0.5 <= took < budget + 1.5, took
-    assert w.restored == {0} and w._pending is None
+    assert w.restored == {0} and w.checkpoints.pending is None
     assert w.metrics.checkpoint_failures._value.get() == failures + 1  # noqa: SLF001  (given up, counted)
     fut.result(timeout=10)  # the stuck write ends later: its offsets are never committed
     assert _committed(w, tp0) is None and _committed(w, tp1) is None
     # a lost partition with a write that does finish in time: the owned partition's offset is committed
     fut2 = pool.submit(lambda: (time.sleep(0.2), (0, 0.0))[1])
     w.restored.add(1)
-    w._pending = (fut2, {tp0: OffsetAndMetadata(7, "", -1), tp1: OffsetAndMetadata(9, "", -1)}, {}, 0.0)
-    w.on_revoked([tp1], lost=True)
+    _pending(w, fut2, {tp0: OffsetAndMetadata(7, "", -1), tp1: OffsetAndMetadata(9, "", -1)})
+    w.partitions.revoked([tp1], lost=True)
     time.sleep(0.5)  # commit_async inside a callback
-    w.consumer.poll(timeout_ms=200)  # let the async commit's answer arrive
+    w.source.consumer.poll(timeout_ms=200)  # let the async commit's answer arrive
     assert _committed(w, tp0) == 7 and _committed(w, tp1) is None
-    w.consumer.close()
+    w.source.consumer.close()
     pool.shutdown()

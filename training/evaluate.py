@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
 
@@ -201,12 +200,16 @@ def main(args: argparse.Namespace) -> int:
     from worker.logs import setup_logging
     from worker.settings import Settings
     from worker.progress import want_progress
-    from worker.tf_threads import apply_tf_threads
+    from worker import startup
 
     settings = Settings.load()
     setup_logging(settings.log)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    apply_tf_threads()
+    try:
+        startup.begin()
+    except startup.StartupError as e:
+        log.error("%s", e)
+        return 2
+    startup.loaded()
     try:
         s = evaluate(args.model, args.data, args.report, baselines_train=args.baselines, slots=args.slots or settings.model.slots,
                      plots=args.plots, progress=want_progress(not args.no_progress), threshold=args.threshold, settings=settings)

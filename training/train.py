@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -554,11 +553,15 @@ def main(args: argparse.Namespace) -> int:
     from worker.core.artifact import ArtifactError
     from worker.logs import setup_logging
     from worker.settings import Settings
-    from worker.tf_threads import apply_tf_threads
+    from worker import startup
 
     settings = Settings.load()
     setup_logging(settings.log)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        startup.begin()
+    except startup.StartupError as e:
+        log.error("%s", e)
+        return 2
     try:
         features = parse_features(args.features)
         cfg = config_from_args(args)
@@ -585,7 +588,7 @@ def main(args: argparse.Namespace) -> int:
             df, features = load_files(args.data, features)
             name = args.name or args.data[0].name.split(".")[0]
             sources = [str(p) for p in args.data]
-        apply_tf_threads()
+        startup.loaded()  # the data is loaded
         fleet = prepare_fleet(df, features, val_fraction=cfg.val_fraction, min_readings=cfg.min_readings, unsorted=cfg.unsorted)
         train(fleet, cfg, args.out, name, sources)
     except CheckFailed as e:

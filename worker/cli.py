@@ -28,12 +28,12 @@ USES_TENSORFLOW = {"run", "replay", "train", "evaluate", "demo"}
 
 #: subcommand -> module
 COMMANDS: dict[str, str] = {
-    "run": "worker.app",
+    "run": "worker.run_cmd",
     "replay": "worker.replay",
     "train": "training.train",
     "simulate": "training.simulate",
     "evaluate": "training.evaluate",
-    "demo": "worker.demo",
+    "demo": "training.demo",
     "broker": "worker.kafka.embedded",
 }
 

@@ -62,7 +62,9 @@ class ModelWatch:
         self.cand_artifact = None
         self.started = 0.0
         self.warmed = 0
-        self.shadow_n = self.shadow_cur = self.shadow_cand = self.shadow_diff = 0
+        from worker.shadow import ShadowTally
+
+        self.shadow = ShadowTally()
         self._info()
 
     # ------------------------------------------------------------------ hooks
@@ -84,9 +86,9 @@ class ModelWatch:
             elif self.stage == "warming":
                 self._warm_chunk()
             elif self.stage == "shadow":
-                if self._missing_rows() is not None:
+                if missing_rows(self.worker.detector, self.candidate) is not None:
                     self.stage = "warming"  # a partition arrived meanwhile
-                elif self.shadow_n >= self.settings.shadow_readings:
+                elif self.shadow.n >= self.settings.shadow_readings:
                     self._decide()
         except Exception as e:  # noqa: BLE001 - a failed handover must never stop the worker
             log.exception("model handover failed")
@@ -107,45 +109,17 @@ class ModelWatch:
         if self.candidate is not None and self.stage in ("warming", "shadow"):
             self.candidate.clear()
             self.warmed = 0
-            self.shadow_n = self.shadow_cur = self.shadow_cand = self.shadow_diff = 0
+            self.shadow.reset()
             self.stage = "warming"
 
     def _shadow(self, readings, results) -> None:
-        cand = self.candidate
-        from worker.core.readings import Score
-
-        index = cand.table.index
+        index = self.candidate.table.index
         pick = [i for i, r in enumerate(readings) if r.sensor_id in index]
         if not pick:
             return
-        got = cand.process([readings[i] for i in pick])
-        if self.stage != "shadow":
-            return
-        cur_flag = cand_flag = diff = n = 0
-        cur_err, cand_err = [], []
-        for i, c in zip(pick, got):
-            o = results[i]
-            if isinstance(o, Score) and isinstance(c, Score):
-                n += 1
-                cur_flag += o.is_anomaly
-                cand_flag += c.is_anomaly
-                diff += o.is_anomaly != c.is_anomaly
-                cur_err.append(o.error)
-                cand_err.append(c.error)
-        self.shadow_n += n
-        self.shadow_cur += cur_flag
-        self.shadow_cand += cand_flag
-        self.shadow_diff += diff
-        m = self.worker.metrics
-        from worker.metrics import observe_many
-
-        observe_many(m.shadow_error.labels("current"), cur_err)
-        observe_many(m.shadow_error.labels("candidate"), cand_err)
-        m.shadow_readings.set(self.shadow_n)
-        if self.shadow_n:
-            m.shadow_flag_rate.labels("current").set(self.shadow_cur / self.shadow_n)
-            m.shadow_flag_rate.labels("candidate").set(self.shadow_cand / self.shadow_n)
-            m.shadow_disagree.set(self.shadow_diff / self.shadow_n)
+        got = self.candidate.process([readings[i] for i in pick])
+        if self.stage == "shadow":
+            self.shadow.add([results[i] for i in pick], got, self.worker.metrics)
 
     def on_dropped(self, partition: int) -> None:
         if self.candidate is not None:
@@ -182,22 +156,8 @@ class ModelWatch:
         self.started = time.monotonic()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
-        self._load = self._pool.submit(self._build, target)
+        self._load = self._pool.submit(build_candidate, target, self.worker)
         self._info()
-
-    def _build(self, target: Path):
-        """On the loader thread: load, check, and build the candidate's detector (compiles its step)."""
-        from worker.core import artifact as art
-        from worker.core.factory import detector_from_settings
-
-        w = self.worker
-        a = art.load(target, features=w.features)  # other features: cannot take over these sensors
-        if a.manifest.model_version == w.model_version:
-            raise art.ArtifactError(f"{target} has the version in use ({w.model_version}) at another path")
-        det = detector_from_settings(a, w.settings)  # as the running one was built (scoring, episodes, limits too)
-        det.engine.warm(np.zeros((det.slots, det.table.recent, det.n_features), np.float32),
-                        np.zeros((det.slots, det.table.recent), bool))  # compile the handover here, not in the poll loop
-        return a, det
 
     def _loaded(self) -> None:
         fut, self._load = self._load, None
@@ -208,23 +168,16 @@ class ModelWatch:
             return
         self.cand_artifact, self.candidate = a, det
         self.warmed = 0
-        self.shadow_n = self.shadow_cur = self.shadow_cand = self.shadow_diff = 0
+        self.shadow.reset()
         self.stage = "warming"
         log.info("model candidate %s loaded (%.1f s); warming %d sensors", a.version, time.monotonic() - self.started,
                  self.worker.detector.table.n_rows)
         self._info()
 
-    def _missing_rows(self) -> np.ndarray | None:
-        old, cand = self.worker.detector, self.candidate
-        if old.table.n_rows == cand.table.n_rows:  # the candidate's rows are always a subset of the current ones
-            return None
-        index = cand.table.index
-        return np.fromiter((r for r, sid in enumerate(old.table.ids) if sid not in index), np.int64)
-
     def _warm_chunk(self) -> None:
         from worker.core.handover import hand_over
 
-        missing = self._missing_rows()
+        missing = missing_rows(self.worker.detector, self.candidate)
         if missing is not None and len(missing):
             chunk = missing[: self.settings.chunk_sensors]
             n = hand_over(self.worker.detector, self.candidate, chunk)
@@ -241,12 +194,8 @@ class ModelWatch:
             self._switch("promoted")
 
     def _decide(self) -> None:
-        n = max(self.shadow_n, 1)
-        cur, cand = self.shadow_cur / n, self.shadow_cand / n
-        bound = self.settings.max_flag_rate_diff
-        what = (f"flag rate {cand:.4f} vs current {cur:.4f} over {self.shadow_n} shadow readings "
-                f"(bound {bound}), disagreement {self.shadow_diff / n:.4f}")
-        if abs(cand - cur) <= bound:
+        ok, what = self.shadow.verdict(self.settings.max_flag_rate_diff)
+        if ok:
             log.info("model candidate %s passed the shadow check: %s", self.cand_artifact.version, what)
             self._switch("promoted")
         elif self.settings.force:
@@ -259,20 +208,12 @@ class ModelWatch:
 
     def _switch(self, outcome: str) -> None:
         w, cand, a = self.worker, self.candidate, self.cand_artifact
-        if self._missing_rows() is not None:
+        if missing_rows(self.worker.detector, self.candidate) is not None:
             self.stage = "warming"
             return
-        # the boundary: every output so far is acknowledged and checkpointed under the old version
-        if w.restored and not w._checkpoint(sorted(w.restored), deadline=time.monotonic() + 10.0):
-            log.warning("model candidate %s: checkpoint before the switch did not complete; retrying", a.version)
+        old = swap_at_checkpoint(w, cand, a)
+        if old is None:
             return
-        old = w.model_version
-        cand.adopt_silence(w.detector)  # issue 16: the silence tracker goes on with the new detector
-        w.detector, w.artifact, w.model_version = cand, a, a.version
-        w._stats = w._stats_snapshot()
-        w.checkpointed.clear()  # the next round writes every partition under the new version
-        if w.restored:
-            w._checkpoint(sorted(w.restored), deadline=time.monotonic() + 10.0)
         m = w.metrics
         m.candidates.labels(outcome).inc()
         m.candidate_refused.set(0)
@@ -304,3 +245,45 @@ class ModelWatch:
         w.metrics.model.info({"model_version": w.model_version, "features": ",".join(w.features),
                               "units": ",".join(map(str, mf.units)), "path": str(w.artifact.path),
                               "candidate": cand, "candidate_stage": self.stage})
+
+
+def build_candidate(target: Path, worker):
+    """On the loader thread: load, check, and build the candidate's detector (compiles its step)."""
+    from worker.core import artifact as art
+    from worker.core.factory import detector_from_settings
+
+    w = worker
+    a = art.load(target, features=w.features)  # other features: cannot take over these sensors
+    if a.manifest.model_version == w.model_version:
+        raise art.ArtifactError(f"{target} has the version in use ({w.model_version}) at another path")
+    det = detector_from_settings(a, w.settings)  # as the running one was built (scoring, episodes, limits too)
+    det.engine.warm(np.zeros((det.slots, det.table.recent, det.n_features), np.float32),
+                    np.zeros((det.slots, det.table.recent), bool))  # compile the handover here, not in the poll loop
+    return a, det
+
+
+def swap_at_checkpoint(w, cand, a) -> str | None:
+    """Switch the worker to the candidate at a checkpoint boundary; the old version, or None to retry later.
+
+    Every output so far is acknowledged and checkpointed under the old version, the detector is
+    swapped, and every partition is checkpointed again under the new one.
+    """
+    if w.restored and not w.checkpoints.round(sorted(w.restored), deadline=time.monotonic() + 10.0):
+        log.warning("model candidate %s: checkpoint before the switch did not complete; retrying", a.version)
+        return None
+    old = w.model_version
+    cand.adopt_silence(w.detector)  # issue 16: the silence tracker goes on with the new detector
+    w.detector, w.artifact, w.model_version = cand, a, a.version
+    w.telemetry.reset_stats()
+    w.checkpointed.clear()  # the next round writes every partition under the new version
+    if w.restored:
+        w.checkpoints.round(sorted(w.restored), deadline=time.monotonic() + 10.0)
+    return old
+
+
+def missing_rows(old, cand) -> np.ndarray | None:
+    """Rows of the current detector's sensors the candidate does not hold yet (None: it holds them all)."""
+    if old.table.n_rows == cand.table.n_rows:  # the candidate's rows are always a subset of the current ones
+        return None
+    index = cand.table.index
+    return np.fromiter((r for r, sid in enumerate(old.table.ids) if sid not in index), np.int64)

@@ -150,14 +150,18 @@ def main(args: argparse.Namespace) -> int:
     from worker.datafile import DataFileError, load_readings, write_table
     from worker.logs import setup_logging
     from worker.settings import Settings
-
-    from worker.runtime import tune_gc
+    from worker import startup
 
     settings = Settings.load()
     setup_logging(settings.log)
-    tune_gc()
+    try:
+        startup.begin()
+    except startup.StartupError as e:
+        log.error("%s", e)
+        return 2
     try:
         a = art.load(args.model)
+        startup.loaded()
         df, features = load_readings(args.data, a.manifest.features)
     except art.ArtifactError as e:
         from worker.exits import model_error

@@ -51,34 +51,12 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from worker.exits import EXIT_BROKER, EXIT_FENCED
+from worker.kafka.committed import make_committed_reader, read_committed_config  # noqa: F401 - re-exported
+from worker.kafka.txn_errors import (  # noqa: F401 - re-exported
+    TransactionAborted, TransactionError, TransactionFatal, TransactionFenced, is_fenced)
 from worker.settings import KafkaSettings
 
 log = logging.getLogger("slotwatch.transactions")
-
-
-class TransactionError(RuntimeError):
-    """A round's transaction failed; ``exit_code`` is the worker's exit code when it is fatal."""
-
-    exit_code: int = EXIT_BROKER
-
-    def __init__(self, message: str, cause: BaseException | None = None) -> None:
-        super().__init__(message)
-        self.cause = cause
-
-
-class TransactionFenced(TransactionError):
-    """Another producer with this worker's transactional.id took over: stop (exit code 7), do not retry."""
-
-    exit_code = EXIT_FENCED
-
-
-class TransactionFatal(TransactionError):
-    """The producer cannot be used or replaced (e.g. not authorised for the transactional.id): exit code 5."""
-
-
-class TransactionAborted(TransactionError):
-    """The round was aborted (nothing of it is committed): rewind its partitions to the committed offsets and replay."""
 
 
 def worker_identity(k: KafkaSettings) -> str:
@@ -112,57 +90,6 @@ def make_transactional_producer(k: KafkaSettings, *, init: bool = True, **overri
             raise
     log.info("transactional producer %s ready", cfg["transactional_id"])
     return producer
-
-
-def read_committed_config() -> dict:
-    """What a downstream consumer sets to see only committed transactions (kafka-python keywords).
-
-    >>> read_committed_config()
-    {'isolation_level': 'read_committed'}
-    """
-    return {"isolation_level": "read_committed"}
-
-
-def make_committed_reader(bootstrap_or_settings, group_id: str | None = None, **overrides):
-    """A consumer that reads only committed output (``isolation_level="read_committed"``): it stops
-    at the first open transaction (the last stable offset) and skips aborted records on a broker
-    that reports them (not the test broker).  From :class:`KafkaSettings` (security included) or a
-    bootstrap string; no group unless ``group_id`` is given."""
-    from kafka import KafkaConsumer
-
-    if isinstance(bootstrap_or_settings, str):
-        cfg: dict = {"bootstrap_servers": bootstrap_or_settings}
-    else:
-        from worker.kafka.clients import common_config
-
-        cfg = common_config(bootstrap_or_settings)
-    cfg.update(group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest", **read_committed_config())
-    cfg.update(overrides)
-    return KafkaConsumer(**cfg)
-
-
-_FENCED_NAMES = ("ProducerFencedError", "InvalidProducerEpochError", "FencedInstanceIdError")
-
-
-def is_fenced(exc: BaseException | None, producer=None) -> bool:
-    """Whether ``exc`` (or the producer's recorded transactional error) means another producer took the id.
-
-    kafka-python raises ``ProducerFencedError`` once, then a plain ``KafkaError`` naming it for every
-    later call; the transaction manager keeps the original as its last error.
-    """
-    from kafka import errors as E
-
-    fenced = (E.ProducerFencedError, E.InvalidProducerEpochError, E.FencedInstanceIdError)
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, fenced) or isinstance(exc, TransactionFenced):
-            return True
-        if isinstance(exc, E.KafkaError) and any(n in str(exc) for n in _FENCED_NAMES):
-            return True
-        exc = exc.__cause__ or getattr(exc, "cause", None)
-    manager = getattr(producer, "_transaction_manager", None)  # kafka-python 3.0: no public accessor
-    return isinstance(getattr(manager, "last_error", None), fenced)
 
 
 def _as_offsets(offsets: Mapping[Any, Any], metadata: str) -> dict:

@@ -1,0 +1,105 @@
+"""The consumer side of the worker: a kafka-python consumer in a group, manual commits.
+
+:class:`Source` polls a batch of records per partition, pauses/resumes and seeks
+partitions, commits offsets, probes the broker (end offsets), and glues the consumer
+group's rebalance callbacks to the partition lifecycle (:mod:`worker.partitions`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("slotwatch.worker")
+
+
+class Source:
+    """The readings topic, read by one consumer of the group."""
+
+    def __init__(self, kafka_settings, consumer=None) -> None:
+        self.settings = kafka_settings
+        self.topic = kafka_settings.readings_topic
+        self.consumer = consumer
+
+    def connect(self) -> None:
+        """Create the consumer (raises while the brokers cannot be reached)."""
+        if self.consumer is None:
+            from worker.kafka.clients import make_consumer
+
+            self.consumer = make_consumer(self.settings)
+
+    def subscribe(self, lifecycle, on_fatal) -> None:
+        """Join the group; rebalances call ``lifecycle.assigned/revoked`` (inside :meth:`poll`)."""
+        self.consumer.subscribe([self.topic], listener=_listener(lifecycle, on_fatal))
+
+    def poll(self) -> dict:
+        """{TopicPartition: [records]} of one poll (empty when nothing came within the poll timeout)."""
+        k = self.settings
+        return self.consumer.poll(timeout_ms=k.poll_timeout_ms, max_records=k.max_poll_records)
+
+    def tp(self, partition: int):
+        from kafka import TopicPartition
+
+        return TopicPartition(self.topic, partition)
+
+    def assigned(self) -> set[int]:
+        """Partitions of the readings topic assigned to this consumer (empty when unknown)."""
+        if self.consumer is None:
+            return set()
+        try:
+            return {tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic}
+        except Exception:  # noqa: BLE001
+            return set()
+
+    def assignment(self) -> set:
+        return set(self.consumer.assignment())
+
+    def pause(self, *tps) -> None:
+        self.consumer.pause(*tps)
+
+    def resume(self, *tps) -> None:
+        self.consumer.resume(*tps)
+
+    def seek(self, tp, offset: int) -> None:
+        self.consumer.seek(tp, offset)
+
+    def commit(self, offsets, sync: bool) -> None:
+        if sync:
+            self.consumer.commit(offsets)
+        else:  # inside a rebalance callback (the consumer's IO thread): must not block
+            self.consumer.commit_async(offsets)
+
+    def end_offsets(self, partitions) -> dict[int, int]:
+        """partition -> end offset; with no partitions, still touches the cluster (raises when unreachable)."""
+        tps = [self.tp(p) for p in partitions]
+        if not tps:
+            self.consumer.topics()
+            return {}
+        return {tp.partition: end for tp, end in self.consumer.end_offsets(tps, timeout_ms=2000).items()}
+
+    def close(self, timeout_ms: int) -> None:
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False, timeout_ms=timeout_ms)
+
+
+def _listener(lifecycle, on_fatal):
+    from kafka import ConsumerRebalanceListener
+
+    from worker.partitions import FatalCheckpointError
+
+    class Listener(ConsumerRebalanceListener):
+        # an exception escaping a callback would only surface as a failed poll, again and again:
+        # an assignment that cannot be restored stops the worker instead (exit 3)
+        def on_partitions_revoked(self, revoked):
+            lifecycle.revoked(revoked)
+
+        def on_partitions_assigned(self, assigned):
+            try:
+                lifecycle.assigned(assigned)
+            except Exception as e:  # noqa: BLE001
+                log.exception("restoring partitions %s failed", sorted(tp.partition for tp in assigned))
+                on_fatal(FatalCheckpointError(f"restoring partitions failed: {e}"))
+
+        def on_partitions_lost(self, lost):
+            lifecycle.revoked(lost, lost=True)
+
+    return Listener()
