@@ -60,6 +60,7 @@ class TrainConfig:
     false_alarm_rate: float = 1e-4
     flat_window: int = 8  # stuck-sensor check on (> 0) or off (0); stillness is judged against each sensor's own history
     level_window: int = 8  # level channel EWMA window (0 = off); see worker.core.adaptive
+    feature_scales: bool = True  # calibrate the level channel's scale per feature (else one for all, as before)
     accept_after: int = 600  # horizon used for the validation metrics (the worker's is SLOTWATCH_SCORING__ACCEPT_AFTER)
     jitter: float = 1.0  # scaling jitter per sensor and epoch (offset sd; log-scale sd is half of it)
     min_delta: float = 0.002  # relative val_loss improvement that counts
@@ -385,13 +386,16 @@ def calibrate(net, fleet: Fleet, cfg: TrainConfig) -> tuple[object, dict, dict]:
     # level channel: the scale at which it alone flags at most false_alarm_rate of normal held-out readings
     level_scale = 0.0
     if cfg.level_window > 0:
-        z_lvl = cal.level_z_series(fleet.x, valid, cfg.warmup, cfg.long_window, cfg.level_window)
-        level_scale = cal.pick_level_scale(z_lvl[mask & ~warming], thr, len(fleet.features), cfg.false_alarm_rate)
+        z_lvl = cal.level_z_series(fleet.x, valid, cfg.warmup, cfg.long_window, cfg.level_window)[mask & ~warming]
+        level_scale = cal.pick_level_scale(z_lvl.max(axis=-1), thr, len(fleet.features), cfg.false_alarm_rate)
+        if cfg.feature_scales and level_scale > 0:  # and each feature's own (worker.core.adaptive: level_scales)
+            calib.level_feature_scale = cal.pick_feature_scales(z_lvl, thr, cfg.false_alarm_rate)
     calib.level_window = cfg.level_window if level_scale > 0 else 0
     calib.level_scale = level_scale
     calib.flat_window = cfg.flat_window  # on/off of the stuck-sensor check (stillness against own history)
     calib.flat_limit = 0.0
-    adapt = AdaptParams(accept_after=cfg.accept_after, level_window=calib.level_window, level_scale=level_scale)
+    adapt = AdaptParams(accept_after=cfg.accept_after, level_window=calib.level_window, level_scale=level_scale,
+                        level_scales=tuple(calib.level_feature_scale))
     score, flag, warming, _, accepted = cal.run_adaptive(params, adapt, err, fleet.x, fleet.raw, valid,
                                                          level_on=level_scale > 0, flat_on=cfg.flat_window > 0)
     inval = fleet.in_validation()
@@ -401,6 +405,7 @@ def calibrate(net, fleet: Fleet, cfg: TrainConfig) -> tuple[object, dict, dict]:
         "error_mean": err_mean,
         "error_std": err_std,
         "level_scale": level_scale,
+        "level_feature_scale": list(calib.level_feature_scale),
         "val_accepted_readings": int(accepted.sum()),
         "val_false_alarm_rate": float(flag[mask & ~warming].mean()) if (mask & ~warming).any() else 0.0,
     }
