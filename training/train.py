@@ -399,6 +399,16 @@ def calibrate(net, fleet: Fleet, cfg: TrainConfig) -> tuple[object, dict, dict]:
     score, flag, warming, _, accepted = cal.run_adaptive(params, adapt, err, fleet.x, fleet.raw, valid,
                                                          level_on=level_scale > 0, flat_on=cfg.flat_window > 0)
     inval = fleet.in_validation()
+    normal_val = mask & ~warming
+    by_channel = {}
+    if normal_val.any():  # which channel flags the held-out normal readings (the threshold is the error channel's)
+        for name, lv_on in (("error", False), ("error+level", True)):
+            if lv_on and level_scale <= 0:
+                continue
+            f_ch = cal.run_adaptive(params, adapt, err, fleet.x, fleet.raw, valid, level_on=lv_on, flat_on=False)[1]
+            by_channel[name] = float(f_ch[normal_val].mean())
+        if cfg.flat_window > 0:
+            by_channel["error+level+stuck"] = float(flag[normal_val].mean())
     metrics = {
         "calibration_readings": int(mask.sum()),
         "residual_std": res_std.tolist(),
@@ -408,6 +418,8 @@ def calibrate(net, fleet: Fleet, cfg: TrainConfig) -> tuple[object, dict, dict]:
         "level_feature_scale": list(calib.level_feature_scale),
         "val_accepted_readings": int(accepted.sum()),
         "val_false_alarm_rate": float(flag[mask & ~warming].mean()) if (mask & ~warming).any() else 0.0,
+        "val_false_alarm_by_channel": by_channel,
+        "threshold_at_cap": bool(thr >= 1.0 - 1e-12),
     }
     if fleet.label[inval].any():
         per = [series_scores(fleet.label[s][inval[s]], flag[s][inval[s]]) for s in range(fleet.n_sensors)]
@@ -440,7 +452,8 @@ def train(fleet: Fleet, cfg: TrainConfig, out_dir: Path, data_name: str, sources
     }
     from training.checks import false_alarm_warning
 
-    far_warning = false_alarm_warning(cal_metrics["val_false_alarm_rate"], cfg.false_alarm_rate)
+    far_warning = false_alarm_warning(cal_metrics["val_false_alarm_rate"], cfg.false_alarm_rate,
+                                      cal_metrics.get("val_false_alarm_by_channel"), cal_metrics.get("threshold_at_cap", False))
     metrics["warnings"] = [far_warning] if far_warning else []
     if far_warning:
         log.warning("%s: this model flags more normal readings than asked for%s", far_warning,
