@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="1,2,3", help="training fleet, new fleet, same-fleet-later seeds (default 1,2,3)")
     p.add_argument("--no-baselines", action="store_true", help="slotwatch only (faster; no comparison)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="keep the trained model and the simulated test sets in this folder (to re-score them with --rescore)")
     p.add_argument("--skab-only", action="store_true", help="only the SKAB real-data benchmark (benchmarks/skab.py)")
     p.add_argument("--no-skab", action="store_true", help="skip the SKAB real-data benchmark")
     from benchmarks import skab
@@ -220,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.skab_only:
         return 0
     default = seeds == (1, 2, 3) and not args.no_baselines
-    res = run(quick=args.quick, progress=not args.no_progress, seeds=seeds, baselines=not args.no_baselines, keep_reports=default)
+    res = run(quick=args.quick, progress=not args.no_progress, seeds=seeds, baselines=not args.no_baselines, keep_reports=default,
+              keep=args.keep)
     suite = "quality" if default else f"quality-seeds-{'-'.join(map(str, seeds))}"
     path = write_results(suite, res)
     md = report(res)

@@ -187,6 +187,21 @@ def pooled_test_readings(exps: dict, results: dict) -> tuple[np.ndarray, np.ndar
     return lab, flg
 
 
+GROUPS = ("valve1", "valve2", "other")
+
+
+def per_group(exps: dict, results: dict) -> dict[str, dict]:
+    """Pooled metrics of each experiment folder (``valve1``, ``valve2``, ``other``): a constant chosen on
+    some groups is reported on the others (README "Detection quality")."""
+    out = {}
+    for g in GROUPS:
+        sub = [n for n in exps if n.split("-")[0] == g]
+        if sub:
+            lab, flg = pooled_test_readings({n: exps[n] for n in sub}, results)
+            out[g] = {k: v for k, v in pooled_metrics(lab, flg).items() if k in ("f1", "far", "mar", "tp", "fp", "fn", "tn")}
+    return out
+
+
 def per_file(exps: dict, results: dict) -> dict[str, dict]:
     return {n: {k: v for k, v in pooled_metrics(exps[n]["label"].to_numpy()[TRAIN_READINGS:],
                                                 results[n]["flag"][TRAIN_READINGS:]).items() if k in ("f1", "far", "mar")}
@@ -233,6 +248,7 @@ def run_fleet(path: Path, epochs: int | None = None, progress: bool = False, see
         "epochs_run": manifest.metrics.get("epochs_run"),
         "metrics": m,
         "accepted_readings": accepted,
+        "per_group": per_group(exps, results),
         "per_file": per_file(exps, results),
         "seconds": {"train": round(train_s, 1), "replay": round(replay_s, 1)},
     }
@@ -279,6 +295,9 @@ def report(res: dict) -> str:
     for name, (f1, far, mar) in LEADERBOARD.items():
         lines.append(f"| {name} (published) | {f1:.2f} | {far:.2f} | {mar:.2f} |")
     f = res.get("fleet")
+    if f and f.get("per_group"):
+        lines += ["", "Fleet protocol per experiment group: " + "; ".join(
+            f"{g} F1 {m['f1']:.3f}, FAR {m['far']:.2f}%, MAR {m['mar']:.2f}%" for g, m in f["per_group"].items()) + "."]
     if f:
         lines += ["", f"Fleet protocol: {f['test_readings']:,} test readings ({f['test_anomalous']:,} anomalous) of "
                       f"{f['experiments']} experiments; model {f['model_version']} trained on {f['train_readings']:,} readings "

@@ -103,3 +103,50 @@ def test_checkpoint_without_the_adaptive_columns_restores_with_defaults(artifact
     assert all(np.isfinite(o.score) for o in more)
     with pytest.raises(KeyError):  # a column that always existed is still required
         det2.import_partition({k: v for k, v in data.items() if k != "err_mean"})
+
+
+def _level_flags(a, values, horizon=0):
+    from worker.settings import ScoringSettings
+
+    # scoring from settings, so the level channel takes the artifact's calibration (as the worker builds it)
+    det = SlotDetector(a, slots=4, scoring=ScoringSettings(accept_after=horizon, flat_min_run=0))
+    return np.array([o.is_anomaly for o in det.process([Reading("s0", t * STEP_MS, v) for t, v in enumerate(values)])])
+
+
+def test_level_scale_per_feature_keeps_a_steady_feature_sensitive(artifact_3f):
+    """A wandering feature's calibrated scale no longer makes the level channel blind to a lasting
+    change of a feature that holds still (SKAB: temperature drifts, flow rate drops)."""
+    base = sine_fleet(1, 700, 3, seed=8)[0]
+    shift_at = 300
+    values = base.copy()
+    values[shift_at:, 0] += 2.0  # a lasting change of feature 0 only
+    one = _artifact(artifact_3f, level_window=8, level_scale=4.0)  # one scale for all, set by the most wandering feature
+    per = _artifact(artifact_3f, level_window=8, level_scale=4.0, level_feature_scale=[0.5, 4.0, 4.0])
+    f_one, f_per = _level_flags(one, values), _level_flags(per, values)
+    assert not f_per[150:shift_at].any()  # quiet before
+    assert f_per[shift_at + 20 : shift_at + 200].mean() > 0.95  # the steady feature's own scale keeps the change flagged
+    assert f_one[shift_at + 20 : shift_at + 200].mean() < 0.8  # with the one scale only the error channel sees it, now and then
+    # the same change on the feature whose own scale is large: the level channel lets it through
+    wander = base.copy()
+    wander[shift_at:, 1] += 2.0
+    assert _level_flags(per, wander)[shift_at + 20 : shift_at + 200].mean() < 0.8
+
+
+def test_an_artifact_without_per_feature_level_scales_uses_its_one_scale(artifact_3f, tmp_path):
+    import json
+
+    a = _artifact(artifact_3f, level_window=8, level_scale=1.5, level_feature_scale=[1.0, 2.0, 3.0])
+    d = art.save(tmp_path / "new", a.model, a.manifest, set_latest=False)
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["calibration"]["level_feature_scale"] == [1.0, 2.0, 3.0]
+    del m["calibration"]["level_feature_scale"]  # as written before the field existed
+    (d / "manifest.json").write_text(json.dumps(m))
+    old = art.load(d)
+    assert old.manifest.calibration.level_feature_scale == []
+    det = SlotDetector(old, slots=4)
+    assert det.adapt.level_scales == () and det.adapt.level_scale == 1.5
+    assert SlotDetector(art.load(artifact_3f), slots=4).adapt.level_scales == ()
+    bad = copy.deepcopy(a.manifest)
+    with pytest.raises(art.ArtifactError):
+        bad.calibration.level_feature_scale = [1.0, 0.0, 1.0]
+        bad.calibration.__post_init__()

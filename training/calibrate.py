@@ -136,7 +136,7 @@ def run_adaptive(p: ScorerParams, a, err: np.ndarray, xs: np.ndarray, raw: np.nd
 
 
 def level_z_series(xs: np.ndarray, valid: np.ndarray, warmup: int, long_window: int, level_window: int) -> np.ndarray:
-    """(S, T) raw level z (``level_scale`` 1) of every reading, learning from every reading (no flags yet)."""
+    """(S, T, F) raw level z per feature (scale 1) of every reading, learning from every reading (no flags yet)."""
     from worker.core import adaptive
 
     s_, t_, f_ = xs.shape
@@ -145,10 +145,11 @@ def level_z_series(xs: np.ndarray, valid: np.ndarray, warmup: int, long_window: 
     lm = np.zeros((s_, f_))
     lv = np.ones((s_, f_))
     count = np.zeros(s_, np.int64)
-    z = np.zeros((s_, t_))
+    z = np.zeros((s_, t_, f_))
     for t in range(t_):
         live = valid[:, t]
-        lvl2, z[:, t] = adaptive.level_step(a, xs[:, t].astype(np.float64), count == 0, lvl, lm, lv)
+        lvl2, _ = adaptive.level_step(a, xs[:, t].astype(np.float64), count == 0, lvl, lm, lv)
+        z[:, t] = adaptive.level_dev(lvl2, lm, lv)
         lm2, lv2 = adaptive.level_learn(adaptive.long_alpha(warmup, count, long_window), live, lvl2, lm, lv)
         lvl = np.where(live[:, None], lvl2, lvl)
         lm, lv = lm2, lv2
@@ -198,3 +199,28 @@ def pick_level_scale(z_normal: np.ndarray, threshold: float, n_features: int, fa
     z_at = normal_isf((1.0 - threshold) / (2.0 * n_features))
     q = float(np.quantile(z, 1.0 - false_alarm_rate))
     return max(q / z_at, LEVEL_SCALE_MIN)
+
+
+def pick_feature_scales(z_normal: np.ndarray, threshold: float, false_alarm_rate: float,
+                        floor: float = LEVEL_SCALE_MIN) -> list[float]:
+    """Per feature, the level scale at which that feature alone flags at most ``false_alarm_rate / F``
+    of normal readings (so all of them together at most ``false_alarm_rate``), at least ``floor``.
+
+    ``z_normal`` (N, F): the raw per-feature level z of normal readings.  A feature that wanders
+    in normal operation (a temperature that drifts while the plant warms up) gets a larger scale
+    than one that holds still, instead of one scale for all set by the most wandering feature.
+
+    >>> z = np.abs(np.random.default_rng(0).normal(size=(200_000, 2))) * [1.0, 3.0]
+    >>> [round(s, 1) for s in pick_feature_scales(z, 0.999, 1e-3, 0.1)]
+    [1.0, 3.0]
+    """
+    z = np.asarray(z_normal, dtype=np.float64)
+    f_ = z.shape[-1]
+    z_at = normal_isf((1.0 - threshold) / (2.0 * f_))
+    out = []
+    for f in range(f_):
+        zf = z[:, f][np.isfinite(z[:, f])]
+        if zf.size == 0:
+            return []
+        out.append(max(float(np.quantile(zf, 1.0 - false_alarm_rate / f_)) / z_at, floor))
+    return out

@@ -10,6 +10,8 @@ training.fleet.TrainingError: --epochs must be at least 1, got 0
 'validation false-alarm rate 1.75e-04 is above the target --false-alarm-rate 1.00e-04 (1.75x)'
 >>> false_alarm_warning(0.5e-4, 1e-4) is None
 True
+>>> print(false_alarm_warning(8.4e-3, 1e-4, {"error": 1e-4, "error+level": 8.3e-3}, at_cap=True))
+validation false-alarm rate 8.40e-03 is above the target --false-alarm-rate 1.00e-04 (84x); by channel: error alone 1.00e-04, error+level 8.30e-03; the error threshold is at its cap (1 - 1e-12): the held-out errors are heavy-tailed
 """
 
 from __future__ import annotations
@@ -37,15 +39,25 @@ def check_config(cfg) -> None:
             raise TrainingError(f"{option} {rule}, got {value}")
 
 
-def false_alarm_warning(measured: float, target: float) -> str | None:
+def false_alarm_warning(measured: float, target: float, by_channel: dict[str, float] | None = None,
+                        at_cap: bool = False) -> str | None:
     """A warning when the calibrated false-alarm rate on the validation readings is above the target.
 
     The threshold is picked so that at most ``target`` of the held-out normal readings score
     above it; the measured rate can still be higher when many normal readings share the same
     top score (a saturated score cannot be split by any threshold), when the threshold hits
-    its floor or cap, or when the flatline (stuck sensor) check flags normal readings too.
+    its floor or cap, or when the level channel or the stuck check flag normal readings too
+    (the threshold is picked on the error channel; each other channel is calibrated on its own,
+    so their flags add up).  ``by_channel``: the rate with the channels named (cumulative, e.g.
+    ``error``, ``error+level``), so the warning says which channel it is; ``at_cap``: the
+    threshold hit its cap.
     """
     if measured is None or target is None or not measured > target:
         return None
-    return (f"validation false-alarm rate {measured:.2e} is above the target --false-alarm-rate {target:.2e} "
-            f"({measured / target:.3g}x)")
+    msg = (f"validation false-alarm rate {measured:.2e} is above the target --false-alarm-rate {target:.2e} "
+           f"({measured / target:.3g}x)")
+    if by_channel:
+        msg += "; by channel: " + ", ".join(f"{k}{' alone' if '+' not in k else ''} {v:.2e}" for k, v in by_channel.items())
+    if at_cap:
+        msg += "; the error threshold is at its cap (1 - 1e-12): the held-out errors are heavy-tailed"
+    return msg

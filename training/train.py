@@ -59,6 +59,7 @@ class TrainConfig:
     false_alarm_rate: float = 1e-4
     flat_window: int = 8  # stuck-sensor check on (> 0) or off (0); stillness is judged against each sensor's own history
     level_window: int = 8  # level channel EWMA window (0 = off); see worker.core.adaptive
+    feature_scales: bool = True  # calibrate the level channel's scale per feature (else one for all, as before)
     accept_after: int = 600  # horizon used for the validation metrics (the worker's is SLOTWATCH_SCORING__ACCEPT_AFTER)
     jitter: float = 1.0  # scaling jitter per sensor and epoch (offset sd; log-scale sd is half of it)
     min_delta: float = 0.002  # relative val_loss improvement that counts
@@ -384,24 +385,40 @@ def calibrate(net, fleet: Fleet, cfg: TrainConfig) -> tuple[object, dict, dict]:
     # level channel: the scale at which it alone flags at most false_alarm_rate of normal held-out readings
     level_scale = 0.0
     if cfg.level_window > 0:
-        z_lvl = cal.level_z_series(fleet.x, valid, cfg.warmup, cfg.long_window, cfg.level_window)
-        level_scale = cal.pick_level_scale(z_lvl[mask & ~warming], thr, len(fleet.features), cfg.false_alarm_rate)
+        z_lvl = cal.level_z_series(fleet.x, valid, cfg.warmup, cfg.long_window, cfg.level_window)[mask & ~warming]
+        level_scale = cal.pick_level_scale(z_lvl.max(axis=-1), thr, len(fleet.features), cfg.false_alarm_rate)
+        if cfg.feature_scales and level_scale > 0:  # and each feature's own (worker.core.adaptive: level_scales)
+            calib.level_feature_scale = cal.pick_feature_scales(z_lvl, thr, cfg.false_alarm_rate)
     calib.level_window = cfg.level_window if level_scale > 0 else 0
     calib.level_scale = level_scale
     calib.flat_window = cfg.flat_window  # on/off of the stuck-sensor check (stillness against own history)
     calib.flat_limit = 0.0
-    adapt = AdaptParams(accept_after=cfg.accept_after, level_window=calib.level_window, level_scale=level_scale)
+    adapt = AdaptParams(accept_after=cfg.accept_after, level_window=calib.level_window, level_scale=level_scale,
+                        level_scales=tuple(calib.level_feature_scale))
     score, flag, warming, _, accepted = cal.run_adaptive(params, adapt, err, fleet.x, fleet.raw, valid,
                                                          level_on=level_scale > 0, flat_on=cfg.flat_window > 0)
     inval = fleet.in_validation()
+    normal_val = mask & ~warming
+    by_channel = {}
+    if normal_val.any():  # which channel flags the held-out normal readings (the threshold is the error channel's)
+        for name, lv_on in (("error", False), ("error+level", True)):
+            if lv_on and level_scale <= 0:
+                continue
+            f_ch = cal.run_adaptive(params, adapt, err, fleet.x, fleet.raw, valid, level_on=lv_on, flat_on=False)[1]
+            by_channel[name] = float(f_ch[normal_val].mean())
+        if cfg.flat_window > 0:
+            by_channel["error+level+stuck"] = float(flag[normal_val].mean())
     metrics = {
         "calibration_readings": int(mask.sum()),
         "residual_std": res_std.tolist(),
         "error_mean": err_mean,
         "error_std": err_std,
         "level_scale": level_scale,
+        "level_feature_scale": list(calib.level_feature_scale),
         "val_accepted_readings": int(accepted.sum()),
         "val_false_alarm_rate": float(flag[mask & ~warming].mean()) if (mask & ~warming).any() else 0.0,
+        "val_false_alarm_by_channel": by_channel,
+        "threshold_at_cap": bool(thr >= 1.0 - 1e-12),
     }
     if fleet.label[inval].any():
         per = [series_scores(fleet.label[s][inval[s]], flag[s][inval[s]]) for s in range(fleet.n_sensors)]
@@ -434,7 +451,8 @@ def train(fleet: Fleet, cfg: TrainConfig, out_dir: Path, data_name: str, sources
     }
     from training.checks import false_alarm_warning
 
-    far_warning = false_alarm_warning(cal_metrics["val_false_alarm_rate"], cfg.false_alarm_rate)
+    far_warning = false_alarm_warning(cal_metrics["val_false_alarm_rate"], cfg.false_alarm_rate,
+                                      cal_metrics.get("val_false_alarm_by_channel"), cal_metrics.get("threshold_at_cap", False))
     metrics["warnings"] = [far_warning] if far_warning else []
     if far_warning:
         log.warning("%s: this model flags more normal readings than asked for%s", far_warning,

@@ -11,9 +11,12 @@ the change.  The level channel asks the other question — *is the sensor still 
 normally is?* — per feature: an EWMA over ``level_window`` readings of the scaled value,
 against the sensor's own long-run mean and variance of that EWMA (learned like the error
 statistics, from a prior of 0 and 1 in scaled units; frozen while the sensor is flagged).
-Its z is the largest |deviation| over features divided by ``level_scale`` (from calibration:
-the scale at which the level channel alone flags ``false_alarm_rate`` of normal held-out
-readings); its tail probability is Bonferroni-corrected for two sides and F features.
+Its z is the largest |deviation| over features, each divided by that feature's
+``level_scales`` entry (from calibration: the scale at which that feature's level alone flags
+``false_alarm_rate / F`` of normal held-out readings, so a feature that wanders in normal
+operation does not make the channel blind to one that holds still; artifacts without them
+divide every feature by the one ``level_scale``); its tail probability is Bonferroni-corrected
+for two sides and F features.
 
 **Stillness against own history.**  Per feature, ``move_rate`` is the sensor's own share of
 readings that changed the value (a Laplace estimate, then an EWMA over ``move_window``),
@@ -36,6 +39,10 @@ as if it had always been flat, and the reading says ``accepted``.  So a lasting 
 flagged for at most ``accept_after`` readings (plus the quiet gaps), never for ever, and an
 incident shorter than that is never learned away.
 
+>>> a = AdaptParams(level_scale=1.0, level_scales=(1.0, 3.0))  # feature 1 wanders three times as far when normal
+>>> d = np.array([[5.0, 0.0], [0.0, 5.0]])                       # 5 sd on feature 0, then on feature 1
+>>> scaled_max(d, a.level_scales, a.level_scale).round(2).tolist()
+[5.0, 1.67]
 >>> lv = LevelDeviation(level_window=4, warmup=10)
 >>> for v in [0.1, -0.2, 0.0, 0.15, -0.1, 0.05, -0.05, 0.1, 0.0, -0.1, 0.05, 0.0]:
 ...     lv.learn_one(v)
@@ -83,6 +90,7 @@ class AdaptParams:
     flat_min_run: int = 4  # unchanged readings before stillness can flag (0 = off)
     flat_p_max: float = 0.9  # cap of the move rate (readings are not independent)
     hold: float = 1.0  # within an open episode a reading stays flagged down to this share of the threshold's surprise
+    level_scales: tuple = ()  # per feature, from calibration (empty: level_scale for every feature, older artifacts)
 
     @property
     def level_alpha(self) -> float:
@@ -100,8 +108,19 @@ def level_step(a: AdaptParams, xs: np.ndarray, first: np.ndarray, lvl: np.ndarra
     lvl = np.where(first[:, None], xs, lvl + a.level_alpha * (xs - lvl))
     if a.level_scale <= 0 or a.level_window <= 0:
         return lvl, np.zeros(len(xs))
-    d = np.abs(lvl - lvl_mean) / np.sqrt(np.maximum(lvl_var, LEVEL_VAR_FLOOR))
-    return lvl, d.max(axis=-1) / a.level_scale
+    return lvl, scaled_max(level_dev(lvl, lvl_mean, lvl_var), a.level_scales, a.level_scale)
+
+
+def level_dev(lvl: np.ndarray, lvl_mean: np.ndarray, lvl_var: np.ndarray) -> np.ndarray:
+    """(n, F) |deviation| of the level from its long-run mean, in its sd (scale 1)."""
+    return np.abs(lvl - lvl_mean) / np.sqrt(np.maximum(lvl_var, LEVEL_VAR_FLOOR))
+
+
+def scaled_max(d: np.ndarray, scales: tuple, scale: float) -> np.ndarray:
+    """(n,) the largest deviation over features, each divided by its calibrated scale (or all by ``scale``)."""
+    if scales:
+        return (d / np.asarray(scales, dtype=np.float64)).max(axis=-1)
+    return d.max(axis=-1) / scale
 
 
 def level_tail(z: np.ndarray, n_features: int) -> np.ndarray:
