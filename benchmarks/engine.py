@@ -10,7 +10,8 @@ For each batch size B and LSTM width, in one run:
 * **(a) predict per reading** — ``model.predict`` on a batch-1 stateful model, once per
   reading (the pattern in the seed articles);
 * **(b) stateless window** — a stateless copy of the network re-scoring the last 64
-  readings for every reading, batched 256 windows per compiled call;
+  readings for every reading, batched 256 windows per compiled call; timed alone and again
+  interleaved with each core configuration of the same width (the ratios use the stronger);
 * **columnar** — :meth:`SlotDetector.process_columns` on the same ticks (ReadingColumns in,
   ScoreColumns out), next to the per-reading path in the same run;
 * **codec** — one poll (5,000 readings, 4 features) decoded by ``ReadingCodec.decode`` per
@@ -41,9 +42,12 @@ def _artifact(units: int, f: int):
     return Artifact(None, m, net)
 
 
-def bench_core(slots: int, units: int, f: int = 1, min_seconds: float = 1.0, max_ticks: int = 400, repeats: int = 3) -> dict:
+def bench_core(slots: int, units: int, f: int = 1, min_seconds: float = 1.0, max_ticks: int = 400, repeats: int = 3,
+               baseline=None) -> dict:
     """The core on full ticks, per-reading path (``process``: Reading objects in, Score objects out) and
-    columnar path (``process_columns``: ReadingColumns in, ScoreColumns out), interleaved with the bare step."""
+    columnar path (``process_columns``: ReadingColumns in, ScoreColumns out), interleaved with the bare step
+    and, when given, ``baseline`` (:func:`stateless_window_round`: readings/s of one round of the
+    stateless baseline of the same width), so the ratios against it come from the same moments of the run."""
     from worker.core.columns import ReadingColumns
     from worker.core.detector import SlotDetector
     from worker.core.readings import Reading
@@ -70,6 +74,7 @@ def bench_core(slots: int, units: int, f: int = 1, min_seconds: float = 1.0, max
     x = np.zeros((slots, 1, f), np.float32)
     mask = np.ones(slots, bool)
     tick_s = col_s = step_s = float("inf")
+    base_rate = 0.0
     t_next = 6
     for rep in range(repeats):  # best of N, paths and step interleaved: robust to a busy machine
         data = make(ticks, t_next)
@@ -92,6 +97,8 @@ def bench_core(slots: int, units: int, f: int = 1, min_seconds: float = 1.0, max
             for _ in range(ticks):
                 det.engine.step(x, mask)
         step_s = min(step_s, t.seconds / ticks)
+        if baseline is not None:
+            base_rate = max(base_rate, baseline())
     return {
         "slots": slots,
         "units": units,
@@ -105,6 +112,7 @@ def bench_core(slots: int, units: int, f: int = 1, min_seconds: float = 1.0, max
         "around_over_step": (tick_s - step_s) / step_s,
         "columnar_around_us": (col_s - step_s) * 1e6,
         "columnar_around_over_step": (col_s - step_s) / step_s,
+        "stateless_readings_per_s": base_rate,  # side by side (0: not measured)
     }
 
 
@@ -177,31 +185,48 @@ def bench_predict_per_reading(units: int, f: int = 1, n: int = 60) -> dict:
     return {"units": units, "calls": 3 * n, "readings_per_s": 1 / best, "ms_per_reading": best * 1e3}
 
 
-def bench_stateless_window(units: int, f: int = 1, window: int = 64, batch: int = 256, min_seconds: float = 1.0) -> dict:
+def stateless_window_round(units: int, f: int = 1, window: int = 64, batch: int = 256, min_seconds: float = 0.3):
+    """A function that runs the stateless baseline for about ``min_seconds`` and returns its readings/s.
+
+    A stateless copy of the network re-scores the last ``window`` readings for every reading,
+    ``batch`` windows per compiled call (the core's B), called the way the engine calls its step
+    (:func:`worker.core.engine.concrete_caller`).  Not XLA-compiled: measured here, XLA made this
+    graph slower (about 6,400 vs 11,700 readings/s at units 64), and the baseline should be the
+    strongest of the two."""
     import tensorflow as tf
 
     from worker.core.artifact import build_network
+    from worker.core.engine import concrete_caller
 
     model = build_network(f, [units], seed=0)
-    call = tf.function(lambda w: model(w, training=False)[:, -1, :]).get_concrete_function(
+    call = concrete_caller(tf.function(lambda w: model(w, training=False)[:, -1, :]).get_concrete_function(
         tf.TensorSpec((batch, window, f), tf.float32)
-    )
+    ))
     rng = np.random.default_rng(0)
     series = rng.normal(size=(batch, window + 400, f)).astype(np.float32)
-    call(tf.constant(series[:, :window]))
-    best = 0.0
-    total = 0
-    for _ in range(3):  # best of 3
+    call(series[:, :window])
+    state = {"calls": 0}
+
+    def one_round() -> float:
         calls = 0
         t0 = time.perf_counter()
-        while time.perf_counter() - t0 < min_seconds / 3 or calls < 5:
-            k = calls % 400
+        while time.perf_counter() - t0 < min_seconds or calls < 5:
+            k = (state["calls"] + calls) % 400
             w = series[:, k : k + window]  # every reading re-scores its last `window` readings
-            call(tf.constant(w)).numpy()
+            call(np.ascontiguousarray(w)).numpy()
             calls += 1
-        best = max(best, calls * batch / (time.perf_counter() - t0))
-        total += calls
-    return {"units": units, "window": window, "batch": batch, "calls": total, "readings_per_s": best}
+        state["calls"] += calls
+        return calls * batch / (time.perf_counter() - t0)
+
+    one_round.calls = state  # type: ignore[attr-defined]
+    return one_round
+
+
+def bench_stateless_window(units: int, f: int = 1, window: int = 64, batch: int = 256, min_seconds: float = 1.0) -> dict:
+    """The stateless baseline alone (best of 3 rounds)."""
+    one_round = stateless_window_round(units, f, window, batch, min_seconds / 3)
+    best = max(one_round() for _ in range(3))
+    return {"units": units, "window": window, "batch": batch, "calls": one_round.calls["calls"], "readings_per_s": best}
 
 
 def chart(rows: list[dict], base_a: dict, base_b: dict, path) -> None:
@@ -249,11 +274,15 @@ def run(quick: bool = False, progress: bool = True) -> dict:
         bar.update()
         base_b[u] = bench_stateless_window(u, min_seconds=min_s)
         bar.update()
+    rounds = {u: stateless_window_round(u, min_seconds=min_s / 3) for u in units_grid}
     for b, u in configs:
-        r = bench_core(b, u, min_seconds=min_s)
+        r = bench_core(b, u, min_seconds=min_s, baseline=rounds[u])
+        # against the baseline measured side by side with this config (and never a weaker one than alone)
+        base = max(r["stateless_readings_per_s"], base_b[u]["readings_per_s"])
+        r["stateless_readings_per_s"] = base
         r["x_predict_per_reading"] = r["core_readings_per_s"] / base_a[u]["readings_per_s"]
-        r["x_stateless_window"] = r["core_readings_per_s"] / base_b[u]["readings_per_s"]
-        r["columnar_x_stateless_window"] = r["columnar_readings_per_s"] / base_b[u]["readings_per_s"]
+        r["x_stateless_window"] = r["core_readings_per_s"] / base
+        r["columnar_x_stateless_window"] = r["columnar_readings_per_s"] / base
         rows.append(r)
         bar.set_postfix_str(f"B={b} u={u}: {r['core_readings_per_s']:,.0f}/s")
         bar.update()
@@ -280,7 +309,7 @@ def run(quick: bool = False, progress: bool = True) -> dict:
 def report(res: dict) -> str:
     cols = ["slots", "units", "core_readings_per_s", "step_us", "around_us", "around_over_step", "x_predict_per_reading", "x_stateless_window"]
     ccols = ["slots", "units", "columnar_readings_per_s", "step_us", "columnar_around_us", "columnar_around_over_step",
-             "columnar_x_stateless_window"]
+             "stateless_readings_per_s", "columnar_x_stateless_window"]
     lines = ["## Engine: readings/s of the scoring core vs. baselines (same run)", "",
              f"Load average at the end: {', '.join(f'{x:.1f}' for x in res.get('load_average', ()))}", "",
              "Per-reading path (`process`: Reading objects in, Score objects out):", "", md_table(res["core"], cols), "",

@@ -153,6 +153,17 @@ class ScoreColumns:
     def __len__(self) -> int:
         return len(self.status)
 
+    def put(self, pos: np.ndarray, score, error, is_anomaly, warming_up, surprise, accepted, expected, feature_z) -> None:
+        """The scores of the rows at ``pos`` (one tick's)."""
+        self.score[pos] = score
+        self.error[pos] = error
+        self.is_anomaly[pos] = is_anomaly
+        self.warming_up[pos] = warming_up
+        self.surprise[pos] = surprise
+        self.accepted[pos] = accepted
+        self.expected[pos] = expected
+        self.feature_z[pos] = feature_z
+
     def reject(self, i: int, reason: str, detail: str) -> None:
         self.status[i] = REASON_CODE[reason]
         self.details[i] = detail

@@ -290,18 +290,28 @@ class SlotDetector:
 
         Returns ``(score, anomaly, warming, err_mean, err_var, err_short, tail)`` with
         ``tail = 1 - score`` computed without cancellation; ``self._accepted`` says which
-        readings were accepted as the new normal.
+        readings were accepted as the new normal.  (The tick itself calls :meth:`_score_rows`.)
         """
         c = self.table.cols
-        st = {k: c[k][rows] for k in adaptive.STATE_COLUMNS}
         ring = self.table.recent
         prev = c["recent"].reshape(-1, self.n_features)[rows * ring + (c["recent_pos"][rows] - 1) % ring]
+        score, anom, warming, tail, new = self._score_rows(rows, x, xs, err, count, warm_n, prev)
+        return score, anom, warming, new["err_mean"], new["err_var"], new["err_short"], tail
+
+    def _score_rows(self, rows: np.ndarray, x: np.ndarray, xs: np.ndarray, err: np.ndarray, count: np.ndarray,
+                    warm_n: np.ndarray, prev: np.ndarray):
+        """:func:`worker.core.adaptive.score_tick` on the rows' state, written back to the table.
+
+        ``prev``: each sensor's previous raw reading (from its ring).  Returns ``(score, anomaly,
+        warming, tail, new state)``; ``self._accepted`` says which readings were accepted as the new normal."""
+        c = self.table.cols
+        st = {k: c[k][rows] for k in adaptive.STATE_COLUMNS}
         score, anom, warming, tail, acc, new = adaptive.score_tick(
             self.params, self.adapt, st, err, xs, x.astype(np.float32), prev, count, warm_n, self._level_on, self._flat_on)
-        for k in adaptive.ADAPT_COLUMNS:
+        for k in adaptive.STATE_COLUMNS:
             c[k][rows] = new[k]
         self._accepted = acc
-        return score, anom, warming, new["err_mean"], new["err_var"], new["err_short"], tail
+        return score, anom, warming, tail, new
 
     def _end_quiet_runs(self, rows: np.ndarray, step_events: list) -> None:
         """The scorer's run ends where the tracker closed an episode for its quiet period.

@@ -24,21 +24,20 @@ _MIN_STD_FRACTION = 1e-3  # an online-learned std never drops below this share o
 def run_tick(det, rows: np.ndarray, pos: np.ndarray, cols: ReadingColumns, out: ScoreColumns) -> None:
     """Apply the readings at ``pos`` of ``cols`` (one per sensor; ``rows``: their table rows, -1 for new sensors)."""
     t_start = time.perf_counter()
-    table, router, engine = det.table, det.router, det.engine
+    table, engine = det.table, det.engine
     c = table.cols
-    rows = np.array(rows, np.int64)
+    rows = np.array(rows, np.int64)  # a copy: _acquire fills in new sensors' rows
     pos = np.asarray(pos, np.int64)
-    slots = np.full(len(rows), -1, np.int64)
-    has = rows >= 0
-    slots[has] = c["slot"][rows[has]]
-    fresh = np.nonzero(slots < 0)[0]
+    known = rows >= 0
+    slots = np.where(known, c["slot"][rows], -1)  # rows of -1 read a row that does not count
+    fresh = np.flatnonzero(slots < 0)
     if len(fresh):
         keep = _acquire(det, fresh, rows, slots, pos, cols, out)
         if keep is not None:
             rows, slots, pos = rows[keep], slots[keep], pos[keep]
     if len(rows) == 0:
         return
-    router.touch_slots(slots)
+    det.router.touch_slots(slots)
     n = len(rows)
     ts = cols.ts_ms[pos]
     x = cols.values[pos]
@@ -48,12 +47,13 @@ def run_tick(det, rows: np.ndarray, pos: np.ndarray, cols: ReadingColumns, out: 
 
     # sequence boundaries: explicit reset, or a gap longer than max_gap
     count = c["count"][rows]
-    gap = (count > 0) & (ts - c["last_ts"][rows] > det.max_gap_ms)
     req = cols.reset[pos]
-    need = gap | req
+    gap = (count > 0) & (ts - c["last_ts"][rows] > det.max_gap_ms)
     events: list = []  # (position in tick, EpisodeEvent)
-    if need.any():
-        events = [(int(np.nonzero(need)[0][j]), e) for j, e in det.episodes.close(rows[need], ts[need], "reset")]
+    if req.any() or gap.any():
+        need = gap | req
+        at = np.flatnonzero(need)
+        events = [(int(at[j]), e) for j, e in det.episodes.close(rows[need], ts[need], "reset")]
         det._reset_rows(rows[need], slots[need])
         det.stats.resets_gap += int(gap.sum())
         det.stats.resets_request += int((req & ~gap).sum())
@@ -62,36 +62,42 @@ def run_tick(det, rows: np.ndarray, pos: np.ndarray, cols: ReadingColumns, out: 
     # scaling: artifact values, or learned online for unseen sensors during warm-up
     params = det.params
     trained = c["trained"][rows]
-    warm_n = np.where(trained, params.warmup, 2 * params.warmup)
-    learning = (~trained) & (count < params.warmup)
-    if learning.any():
-        _learn_scaling(det, rows, x, count, learning)
+    if trained.all():
+        warm_n = np.full(n, params.warmup, np.int64)
+    else:
+        warm_n = np.where(trained, params.warmup, 2 * params.warmup)
+        learning = (~trained) & (count < params.warmup)
+        if learning.any():
+            _learn_scaling(det, rows, x, count, learning)
     mean = c["mean"][rows]
     std = c["std"][rows]
-    xs = np.clip((x - mean) / std, -SCALED_LIMIT, SCALED_LIMIT)  # finite in float32, and its squared error
+    xs = (x - mean) / std
+    np.minimum(np.maximum(xs, -SCALED_LIMIT, out=xs), SCALED_LIMIT, out=xs)  # finite in float32, and its squared error
 
-    # the compiled step over all B slots
-    X, M = det._x, det._mask
+    # the compiled step over all B slots (slots without a reading: zero input, masked out)
+    X = np.zeros(det._x.shape, np.float32)
+    M = np.zeros(det.slots, bool)
     X[slots, 0, :] = xs
     M[slots] = True
-    expected_all = engine.step(X, M)
-    X[slots] = 0.0
-    M[slots] = False
-    exp_s = expected_all[slots].astype(np.float64)
+    exp_s = engine.step(X, M)[slots].astype(np.float64)
 
     fz = feature_errors(xs, exp_s, det.residual_std)
     err = reading_error(fz)
-    score, anom, warming, em, ev, es, tail = det._score(rows, x, xs, err, count, warm_n)
-    c["err_mean"][rows], c["err_var"][rows], c["err_short"][rows] = em, ev, es
+    ring = table.recent
+    rpos = c["recent_pos"][rows]
+    prev = c["recent"].reshape(-1, det.n_features)[rows * ring + (rpos - 1) % ring]  # the previous raw reading
+    score, anom, warming, tail, _ = det._score_rows(rows, x, xs, err, count, warm_n, prev)
     c["count"][rows] = count + 1
     c["total"][rows] += 1
     c["last_ts"][rows] = ts
     offs = cols.offset[pos]
-    c["last_offset"][rows] = np.where(offs >= 0, offs, c["last_offset"][rows])
-    rpos = c["recent_pos"][rows]
+    if offs.max() >= 0:  # readings without an offset (-1) keep the last one applied
+        c["last_offset"][rows] = offs if offs.min() >= 0 else np.where(offs >= 0, offs, c["last_offset"][rows])
     c["recent"][rows, rpos] = x
     c["recent_ts"][rows, rpos] = ts
-    c["recent_pos"][rows] = (rpos + 1) % table.recent
+    rpos += 1
+    rpos[rpos == ring] = 0
+    c["recent_pos"][rows] = rpos
     expected = exp_s * std + mean
     surp = surprise(tail)  # the scorer's tail probability (1 - score without cancellation)
     accepted = det._accepted  # the horizon accepted this reading's deviation as the new normal
@@ -105,15 +111,8 @@ def run_tick(det, rows: np.ndarray, pos: np.ndarray, cols: ReadingColumns, out: 
         det._tick_log.append((time.perf_counter() - t_start, n))
     st.ticks += 1
     st.readings += n
-    st.anomalies += int(anom.sum())
-    out.score[pos] = score
-    out.error[pos] = err
-    out.is_anomaly[pos] = anom
-    out.warming_up[pos] = warming
-    out.surprise[pos] = surp
-    out.accepted[pos] = accepted
-    out.expected[pos] = expected
-    out.feature_z[pos] = fz
+    st.anomalies += int(np.count_nonzero(anom))
+    out.put(pos, score, err, anom, warming, surp, accepted, expected, fz)
     eps = out.episodes
     for p, event in events:  # in position order: a reset's close comes before this reading's open
         eps.setdefault(int(pos[p]), []).append(event)
