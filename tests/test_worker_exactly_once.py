@@ -212,8 +212,11 @@ def test_a_second_worker_with_the_same_id_fences_the_first(kafka_broker, art1, a
     while sum(b.worker.committed.values()) < len(first) + len(second) and time.monotonic() < deadline:
         assert b.thread.is_alive(), f"b exited with {b.code}"
         time.sleep(0.2)
+    state_b = (b.metrics.consumed._value.get(), sorted(b.worker.restored), dict(b.worker.applied),  # noqa: SLF001
+               b.worker.sink.producer.committed, b.worker.sink.producer.aborted)
     assert b.stop() == 0
     committed_b = dict(b.worker.committed)
+    assert sum(committed_b.values()) == len(first) + len(second), state_b
     assert sum(committed_b.values()) == len(first) + len(second)
     seen = _keys(read_scores(kafka_broker.bootstrap, topics["scores"]))
     assert len(seen) == len(first) + len(second)  # every reading's score committed (a's committed rounds + b's)
