@@ -97,8 +97,9 @@ def _scrape(port: int) -> dict:
     return scrape(f"http://127.0.0.1:{port}/metrics")
 
 
-def _start_worker(bootstrap: str, topics: dict, model: Path, ckpt: Path, port: int, publish_scores: bool, log: Path):
-    env = dict(os.environ, **FAST_GROUP)
+def _start_worker(bootstrap: str, topics: dict, model: Path, ckpt: Path, port: int, publish_scores: bool, log: Path,
+                  **extra_env: str):
+    env = dict(os.environ, **FAST_GROUP, **extra_env)
     env.update({
         "SLOTWATCH_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "SLOTWATCH_KAFKA__READINGS_TOPIC": topics["readings"],
