@@ -97,7 +97,8 @@ def _scrape(port: int) -> dict:
     return scrape(f"http://127.0.0.1:{port}/metrics")
 
 
-def _start_worker(bootstrap: str, topics: dict, model: Path, ckpt: Path, port: int, publish_scores: bool, log: Path):
+def _start_worker(bootstrap: str, topics: dict, model: Path, ckpt: Path, port: int, publish_scores: bool, log: Path,
+                  **extra_env: str):
     env = dict(os.environ, **FAST_GROUP)
     env.update({
         "SLOTWATCH_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
@@ -112,6 +113,7 @@ def _start_worker(bootstrap: str, topics: dict, model: Path, ckpt: Path, port: i
         "SLOTWATCH_METRICS__HOST": "127.0.0.1",
         "SLOTWATCH_METRICS__PORT": str(port),
     })
+    env.update(extra_env)
     return subprocess.Popen([sys.executable, "-m", "worker.cli", "run"], env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
 
 

@@ -89,6 +89,7 @@ class Worker:
         self.health = None
         self.source = Source(s.kafka)
         self.sink = None  # worker.kafka.sink.Sink, once the brokers answer
+        self.plain_producer = None  # the sink's producer, or (exactly-once) the restore fence's
         self.partitions = Partitions(self)
         self.checkpoints = CheckpointCoordinator(self, self.store)
         self.telemetry = Telemetry(self)
@@ -140,13 +141,17 @@ class Worker:
         while self.sink is None or self.source.consumer is None:
             try:
                 if self.sink is None:
-                    producer = make_producer(s.kafka, max_block_ms=10_000)
+                    txn = self._transactions() if s.kafka.exactly_once else None
+                    self.plain_producer = producer = make_producer(s.kafka, max_block_ms=10_000)
                     if s.checkpoint.state_store != "local":  # issue 12: the state changelog
                         from worker.kafka.changelog import ChangelogStore
 
                         self.checkpoints.changelog = ChangelogStore(s.kafka, producer, s.checkpoint.changelog_topic,
-                                                                    self.metrics, stall_s=s.checkpoint.changelog_stall_s)
-                    self.sink = Sink(producer, self.metrics, s.kafka.retry_backoff_ms / 1000,
+                                                                    self.metrics, stall_s=s.checkpoint.changelog_stall_s,
+                                                                    writer_producer=txn)
+                    if txn is not None:  # outputs and changelog rows in the round's transaction
+                        self.checkpoints.attach_transactions(txn)
+                    self.sink = Sink(txn or producer, self.metrics, s.kafka.retry_backoff_ms / 1000,
                                      on_outage=lambda: self.partitions.ready_checks(broker=False))
                 self.source.connect()
             except Exception as e:  # noqa: BLE001 - NoBrokersAvailable and friends
@@ -155,6 +160,14 @@ class Worker:
                     return False
                 backoff = min(backoff * 2, 30.0)
         return True
+
+    def _transactions(self):
+        """Exactly-once: the round's transaction (its producer's init aborts a predecessor's open transaction)."""
+        from worker.kafka.transactions import TransactionalRound, make_transactional_producer
+
+        k = self.settings.kafka
+        return TransactionalRound(lambda: make_transactional_producer(k, max_block_ms=10_000),
+                                  timeout_s=k.request_timeout_ms / 1000)
 
     def run(self) -> int:
         from kafka import TopicPartition  # noqa: F401 - fail early when kafka-python is missing
@@ -200,7 +213,7 @@ class Worker:
             self.telemetry.watch_streams()
         if self.fatal is not None:
             log.error("%s", self.fatal)
-            code = EXIT_CHECKPOINT
+            code = getattr(self.fatal, "exit_code", EXIT_CHECKPOINT)  # transactions: fenced 7, fatal 5
         return self._close(code)
 
     def _close(self, code: int) -> int:
@@ -221,9 +234,10 @@ class Worker:
             self.source.close(timeout_ms=max(100, int((deadline - time.monotonic()) * 1000)))
         except Exception as e:  # noqa: BLE001
             log.warning("consumer close: %s", e)
-        if self.sink is not None:
+        for producer in (self.sink, self.plain_producer if self.settings.kafka.exactly_once else None):
             try:
-                self.sink.close(timeout=max(0.1, deadline - time.monotonic()))
+                if producer is not None:
+                    producer.close(timeout=max(0.1, deadline - time.monotonic()))
             except Exception as e:  # noqa: BLE001
                 log.warning("producer close: %s", e)
         if self.health is not None:

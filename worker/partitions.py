@@ -155,6 +155,8 @@ class Partitions:
             log.warning("partitions %s lost (evicted from the group); dropping their state unsaved, the next owner "
                         "replays from the last checkpoint", parts)
             ck.lost.update(parts)  # an in-flight round may finish: its offsets for these are not committed
+            if ck.eos is not None:  # exactly-once: the open transaction holds their outputs: abort it
+                ck.eos.lost()
             try:
                 ck.reap(wait=True, sync_commit=False, timeout=budget)
             finally:

@@ -109,6 +109,12 @@ class Rewinder:
                 self.suspect[r.partition] = (min(lo, r.offset), max(hi, r.offset))
             log.error("the core failed on a poll of %d readings (%s); reloading the state from the checkpoints and "
                       "replaying that poll one reading at a time", len(failure.readings), describe(e), exc_info=e)
+        self.reload()
+
+    def reload(self) -> None:
+        """Reload every owned partition's state from its newest checkpoint and seek back there (also the
+        exactly-once abort path, :mod:`worker.checkpointing.transactional`)."""
+        app = self.app
         ck, parts = app.checkpoints, app.partitions
         ck.reap(wait=True)
         owned = sorted(parts.restored)

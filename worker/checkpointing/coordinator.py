@@ -12,8 +12,9 @@ offsets never run ahead of the output:
 Periodic rounds run the write on a background writer thread (the consumer thread only flushes
 and exports); the offsets are committed when :meth:`CheckpointCoordinator.reap` sees the write
 durable.  Revocation and shutdown rounds run in the foreground (after any background round).
-The three steps are separate methods of :class:`Round` so that one round can later be wrapped
-in a Kafka transaction (outputs + changelog records + offsets).
+With ``SLOTWATCH_KAFKA__EXACTLY_ONCE`` a round is one Kafka transaction (outputs + changelog
+records + offsets), run on the consumer's thread over every owned partition: its steps are
+:class:`~worker.checkpointing.transactional.ExactlyOnceRounds` (it reuses :meth:`Round.export_state`).
 """
 
 from __future__ import annotations
@@ -104,6 +105,13 @@ class CheckpointCoordinator:
         self.last_checkpoint = time.monotonic()
         self.pending = None  # (future, Round) of the background round in flight
         self._writer = None  # checkpoint writer thread, started with the first background round
+        self.eos = None  # worker.checkpointing.transactional.ExactlyOnceRounds in exactly-once mode
+
+    def attach_transactions(self, txn) -> None:
+        """Exactly-once: rounds become transactions of ``txn`` (the sink's TransactionalRound)."""
+        from worker.checkpointing.transactional import ExactlyOnceRounds
+
+        self.eos = ExactlyOnceRounds(self, txn)
 
     def count(self, n: int) -> None:
         self.since_checkpoint += n
@@ -118,6 +126,8 @@ class CheckpointCoordinator:
         self.reap()
         c = self.settings
         due = self.since_checkpoint >= c.interval_readings or time.monotonic() - self.last_checkpoint >= c.interval_s
+        if self.eos is not None and (self.eos.rewind_due or self.app.sink.error is not None):
+            due = True  # exactly-once: a failed transaction is rewound at once
         if not due or self.pending is not None:
             return
         restored = self.app.partitions.restored
@@ -130,6 +140,8 @@ class CheckpointCoordinator:
     def round(self, partitions, *, deadline: float | None = None, sync_commit: bool = True,
               background: bool = False) -> bool:
         """Send outputs, write the partitions' state durably, then commit their offsets."""
+        if self.eos is not None:  # one transaction holds every owned partition's outputs: all of them commit
+            return self.eos.round(Round(self, sorted(self.app.partitions.restored), deadline, True))
         self.reap(wait=True, sync_commit=sync_commit,
                   timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
         r = Round(self, partitions, deadline, sync_commit)
@@ -222,8 +234,10 @@ class CheckpointCoordinator:
             self.changelog.forget(p)
 
     def reset(self) -> None:
-        """After a rewind: every partition is restored again."""
+        """After a rewind: every partition is restored again (exactly-once: the open transaction is dropped)."""
         self.checkpointed.clear()
+        if self.eos is not None:
+            self.eos.abort_open()
 
     def close(self) -> None:
         if self._writer is not None:

@@ -160,14 +160,17 @@ class ChangelogStore:
     """
 
     def __init__(self, kafka_settings, producer, topic: str, metrics=None, stall_s: float = 30.0,
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, writer_producer=None) -> None:
         self.kafka = kafka_settings
-        self.producer = producer
+        self.producer = producer  # plain: the restore fence, outside any transaction
         self.topic = topic
         self.metrics = metrics
         self.stall_s = stall_s
         self.timeout_s = timeout_s
-        self.writer = ChangelogWriter(producer, topic)
+        # exactly-once: the rounds' records go through the worker.kafka.transactions.TransactionalRound,
+        # and restores read committed records only
+        self.writer = ChangelogWriter(writer_producer or producer, topic)
+        self.read_committed = writer_producer is not None
         self.written: dict[int, dict[str, int]] = {}
         # model version of the partition's rows in the changelog: a live model swap changes every row's
         # state without a reading, so the first round under another version writes every row
@@ -222,7 +225,7 @@ class ChangelogStore:
         if gauge is not None:
             gauge.set(0.0)
         t0 = time.perf_counter()
-        consumer = make_restore_consumer(self.kafka)
+        consumer = make_restore_consumer(self.kafka, **({"isolation_level": "read_committed"} if self.read_committed else {}))
         try:
             res = restore_partition(consumer, self.producer, self.topic, partition, committed, stall_s=self.stall_s,
                                     progress=progress)

@@ -41,6 +41,10 @@ class Sink:
         self._acked_by_kind: dict[str, int] = {}
         self._retry: list[Message] = []  # failed or refused: sent again by flush()
         self._ok = {}  # kind -> success callback (built once per kind)
+        # exactly-once (the producer is a worker.kafka.transactions.TransactionalRound): a send that raised a
+        # TransactionError, and the last delivery error; the round aborts (or stops, fenced) and calls reset()
+        self.error: BaseException | None = None
+        self.last_error: BaseException | None = None
 
     # ------------------------------------------------------------------ sending
     def _ok_for(self, kind: str):
@@ -53,9 +57,10 @@ class Sink:
             self._ok[kind] = cb
         return cb
 
-    def _failed(self, msg: Message, _error) -> None:
+    def _failed(self, msg: Message, error) -> None:
         with self._lock:
             self.failed += 1
+            self.last_error = error
             self._retry.append(msg)
 
     def send(self, topic: str, key, value: bytes, headers=None, kind: str = "score") -> None:
@@ -64,6 +69,10 @@ class Sink:
     def send_many(self, messages) -> None:
         """Send ``(topic, key, value, headers, kind)`` messages in order (kafka-python has no batch call:
         this keeps the per-message Python work to one ``send`` and two callback registrations)."""
+        from worker.kafka.txn_errors import TransactionError
+
+        if self.error is not None:
+            return  # exactly-once: the open transaction failed; nothing more goes out until the round rewinds
         send = self.producer.send
         ok_for, failed = self._ok_for, self._failed
         n = 0
@@ -71,6 +80,9 @@ class Sink:
             topic, key, value, headers, kind = msg
             try:
                 fut = send(topic, key=key, value=value, headers=headers)
+            except TransactionError as e:  # exactly-once: the transaction is aborted (or fenced): the round handles it
+                self.error = e
+                break
             except Exception as e:  # noqa: BLE001 - metadata timeout while the broker is away: retried in flush
                 log.warning("produce to %s failed (%s); will retry", topic, e)
                 with self._lock:
@@ -149,6 +161,14 @@ class Sink:
                     self.sent += 1
                 fut.add_callback(self._ok_for(msg[4]))
                 fut.add_errback(functools.partial(self._failed, msg))
+
+    def reset(self) -> None:
+        """Exactly-once, after an aborted transaction: its outputs are gone (the replay sends them again)."""
+        with self._lock:
+            self._retry = []
+            self.error = self.last_error = None
+            self.sent = self.acknowledged + self.failed
+            self._acked_by_kind = {}
 
     def close(self, timeout: float) -> None:
         self.producer.close(timeout=timeout)
