@@ -95,10 +95,8 @@ class ModelWatch:
             self._refuse("refused_invalid", f"handover failed: {e}")
 
     def on_readings(self, cols, scores) -> None:
-        """Step the candidate over the readings of the sensors it already holds (unpublished).
-
-        ``cols``/``scores``: the poll's :class:`~worker.core.columns.ReadingColumns` and the current
-        model's :class:`~worker.core.columns.ScoreColumns`; objects are made only while a candidate runs."""
+        """Step the candidate over the poll's readings (columns) of the sensors it holds (unpublished); the
+        current model's ``scores`` (ScoreColumns) become objects only while a candidate runs."""
         if self.candidate is None or self.stage not in ("warming", "shadow") or cols is None or not len(cols):
             return
         try:
