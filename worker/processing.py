@@ -1,8 +1,8 @@
 """One poll of the worker: records -> decode -> score -> outputs -> metrics.
 
 :meth:`PollProcessor.run_core` is the seam between Kafka records and the scoring core: the
-records of one poll in, the readings, the core's results, the messages to publish and the
-rejections out.  Everything else here is bookkeeping around it: counting, sending through
+records of one poll in; the readings as columns (one ``decode_batch`` call), the core's score
+columns (one ``process_columns`` call), the messages to publish and the rejections out.  Everything else here is bookkeeping around it: counting, sending through
 the sink, dead letters, silent-sensor events, and the rewind after a core failure
 (:mod:`worker.rewind`).
 
