@@ -154,6 +154,7 @@ def _worker_rate(proc, port: int, n: int, progress: bool, timeout: float = 1800)
             return {"readings_per_s": (c - c_first) / (now - t_first), "consumed": c,
                     "scored": m.get("slotwatch_readings_scored_total", 0.0),
                     "rejected": m.get("slotwatch_readings_rejected_total", 0.0),
+                    "rewinds": m.get("slotwatch_rewinds_total", 0.0),  # a core failure replays a poll one reading at a time
                     "tick_seconds_avg": m.get("slotwatch_tick_duration_seconds_sum", 0) / max(m.get("slotwatch_tick_duration_seconds_count", 1), 1),
                     "checkpoint_seconds_sum": m.get("slotwatch_checkpoint_duration_seconds_sum", 0.0)}
         time.sleep(0.2)
@@ -355,7 +356,9 @@ def report(res: dict) -> str:
     lat = res["latency"]
     lines = [f"## End to end through Kafka: {s['readings']:,} readings from {s['sensors']:,} sensors, local broker", "",
              md_table(rows, ["what", "readings_per_s"]), "",
-             f"Worker / bare consumer: {res['worker_over_bare']:.2f}x", "",
+             f"Worker / bare consumer: {res['worker_over_bare']:.2f}x"
+             f"{'' if not res['worker'].get('rewinds') else ' (%d rewinds: polls replayed one reading at a time)' % res['worker']['rewinds']}",
+             f"Load average at the end: {os.getloadavg()[0]:.2f}", "",
              f"Latency at {lat['rate']:,.0f} readings/s (half the worker's rate), reading time stamp to score: "
              f"p50 {lat['p50_ms']:.1f} ms, p90 {lat['p90_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms ({lat['measured']:,} readings; "
              f"machine CPU busy {100 * lat['machine_cpu_busy']:.0f}% with producer, broker and worker on it)", ""]

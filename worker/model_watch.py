@@ -1,8 +1,8 @@
 """Live model swap: the running worker takes over the version the models folder's `latest` names.
 
 :class:`ModelWatch` sits beside the worker's poll loop; the worker calls three hooks:
-``tick()`` once per loop turn, ``on_readings(readings, results)`` after the current model
-scored a poll's readings, ``on_dropped(partition)`` when a partition leaves and
+``tick()`` once per loop turn, ``on_readings(cols, scores)`` after the current model
+scored a poll's readings (columns in, score columns out), ``on_dropped(partition)`` when a partition leaves and
 ``on_rewind()`` when the worker reloads its state from the checkpoints.
 ``request_check()`` (SIGHUP) reads the pointer at the next turn instead of waiting for
 ``SLOTWATCH_HANDOVER__WATCH_INTERVAL_S``.
@@ -94,12 +94,13 @@ class ModelWatch:
             log.exception("model handover failed")
             self._refuse("refused_invalid", f"handover failed: {e}")
 
-    def on_readings(self, readings, results) -> None:
-        """Step the candidate over the readings of the sensors it already holds (unpublished)."""
-        if self.candidate is None or self.stage not in ("warming", "shadow") or not readings:
+    def on_readings(self, cols, scores) -> None:
+        """Step the candidate over the poll's readings (columns) of the sensors it holds (unpublished); the
+        current model's ``scores`` (ScoreColumns) become objects only while a candidate runs."""
+        if self.candidate is None or self.stage not in ("warming", "shadow") or cols is None or not len(cols):
             return
         try:
-            self._shadow(readings, results)
+            self._shadow(cols, scores)
         except Exception as e:  # noqa: BLE001 - the candidate failing must never stop the worker
             log.exception("model candidate failed on a poll's readings")
             self._refuse("refused_invalid", f"scoring in shadow failed: {e}")
@@ -112,14 +113,14 @@ class ModelWatch:
             self.shadow.reset()
             self.stage = "warming"
 
-    def _shadow(self, readings, results) -> None:
+    def _shadow(self, cols, scores) -> None:
         index = self.candidate.table.index
-        pick = [i for i, r in enumerate(readings) if r.sensor_id in index]
+        pick = [i for i, sid in enumerate(cols.sensor_id) if sid in index]
         if not pick:
             return
-        got = self.candidate.process([readings[i] for i in pick])
+        got = self.candidate.process([cols[i] for i in pick])
         if self.stage == "shadow":
-            self.shadow.add([results[i] for i in pick], got, self.worker.metrics)
+            self.shadow.add([scores.row(i) for i in pick], got, self.worker.metrics)
 
     def on_dropped(self, partition: int) -> None:
         if self.candidate is not None:

@@ -21,32 +21,52 @@ class Outputs:
         self.kafka = app.settings.kafka
         self.episodes = app.settings.episodes
 
-    def scores(self, results) -> list[tuple]:
-        """Messages of every score to publish; encoding errors surface here, before any send."""
-        from worker.codec import encode_episode, encode_score
-        from worker.core.readings import Score
+    def scores(self, sc) -> list[tuple]:
+        """Messages of the scores of a :class:`~worker.core.columns.ScoreColumns` to publish, in row order
+        (a row's score, then its anomaly, then its episode events); encoding errors surface here, before any send.
 
+        Only the rows that publish something are encoded (:func:`worker.batch_codec.encode_scores`,
+        byte for byte :func:`~worker.codec.encode_score`): by default the anomalies' episode events."""
+        import numpy as np
+
+        from worker.batch_codec import encode_scores
+        from worker.codec import encode_episode
+
+        if sc is None or not len(sc):
+            return []
         kafka, episodes = self.kafka, self.episodes
-        features, version = self.app.features, self.app.model_version
-        anomalies = kafka.anomalies_topic
+        version = self.app.model_version
+        anomalies, scores_topic, every = kafka.anomalies_topic, kafka.scores_topic, kafka.publish_scores
+        scored = sc.scored
+        flagged = scored & sc.is_anomaly
+        per_reading = flagged if episodes.publish_readings else np.zeros(len(sc), bool)  # default: episode messages only
+        encode = scored if every else per_reading
+        if log.isEnabledFor(logging.DEBUG):
+            inp = sc.inputs
+            for i in np.nonzero(flagged)[0].tolist():
+                log.debug("anomaly: score %.9f, surprise %.2f", sc.score[i], sc.surprise[i],
+                          extra={"sensor_id": inp.sensor_id[i], "partition": int(inp.partition[i]),
+                                 "offset": int(inp.offset[i])})
+        enc_rows = np.nonzero(encode)[0]
+        ep = sc.episodes
+        if not len(enc_rows) and not ep:
+            return []
+        values = encode_scores(sc, enc_rows, self.app.features, version, episodes.top_features) if len(enc_rows) else []
+        sids = sc.inputs.sensor_id
+        if every and not ep and not per_reading.any():  # every score published, nothing else in this poll
+            return [(scores_topic, sids[i].encode("utf-8"), v, None, "score") for i, v in zip(enc_rows.tolist(), values)]
+        value = dict(zip(enc_rows.tolist(), values))
         out = []
-        for r in results:
-            if not isinstance(r, Score):
-                continue
-            per_reading = r.is_anomaly and episodes.publish_readings  # default: episode messages only
-            if per_reading or kafka.publish_scores:
-                value = encode_score(r, features, version, episodes.top_features)
-                key = r.sensor_id.encode("utf-8")
-                if kafka.publish_scores:
-                    out.append((kafka.scores_topic, key, value, None, "score"))
-                if per_reading:
-                    out.append((anomalies, key, value, None, "anomaly"))
-            if r.is_anomaly:
-                log.debug("anomaly: score %.9f, surprise %.2f", r.score, r.surprise,
-                          extra={"sensor_id": r.sensor_id, "partition": r.partition, "offset": r.offset})
-            if r.episodes:  # issue 9: one message when an episode opens, one when it closes
-                for e in r.episodes:
-                    out.append((anomalies, e.sensor_id.encode("utf-8"), encode_episode(e, version), None, "episode"))
+        for i in sorted(value.keys() | ep.keys()):
+            key = sids[i].encode("utf-8")
+            v = value.get(i)
+            if v is not None:
+                if every:
+                    out.append((scores_topic, key, v, None, "score"))
+                if per_reading[i]:
+                    out.append((anomalies, key, v, None, "anomaly"))
+            for e in ep.get(i, ()):  # issue 9: one message when an episode opens, one when it closes
+                out.append((anomalies, e.sensor_id.encode("utf-8"), encode_episode(e, version), None, "episode"))
         return out
 
     def episodes_of(self, events) -> list[tuple]:

@@ -1,8 +1,8 @@
 """One poll of the worker: records -> decode -> score -> outputs -> metrics.
 
 :meth:`PollProcessor.run_core` is the seam between Kafka records and the scoring core: the
-records of one poll in, the readings, the core's results, the messages to publish and the
-rejections out.  Everything else here is bookkeeping around it: counting, sending through
+records of one poll in; the readings as columns (one ``decode_batch`` call), the core's score
+columns (one ``process_columns`` call), the messages to publish and the rejections out.  Everything else here is bookkeeping around it: counting, sending through
 the sink, dead letters, silent-sensor events, and the rewind after a core failure
 (:mod:`worker.rewind`).
 
@@ -23,85 +23,128 @@ log = logging.getLogger("slotwatch.worker")
 
 @dataclass
 class PollResult:
-    readings: list = field(default_factory=list)  # decoded readings, in poll order
-    results: list = field(default_factory=list)  # the core's Score or Rejection per reading
+    cols: object = None  # ReadingColumns of the decoded readings, in poll order (None: none)
+    scores: object = None  # the core's ScoreColumns, row for row of ``cols``
     outputs: list = field(default_factory=list)  # messages (topic, key, value, headers, kind) of the scores
     rejects: list = field(default_factory=list)  # (Rejection, original bytes): decoding first, then the core's
     episodes: list = field(default_factory=list)  # episode events of the scores (already in ``outputs``)
-    scored_ts_ms: list = field(default_factory=list)  # time stamps of the readings scored
+    scored_ts_ms: object = field(default_factory=list)  # time stamps of the readings scored (int64 array)
     consumed: int = 0
     skipped: int = 0
 
 
 class PollProcessor:
     def __init__(self, app) -> None:
-        from worker.codec import ReadingCodec
+        from worker.batch_codec import BatchCodec
         from worker.outputs import Outputs
         from worker.rejectlog import RejectionLog
 
         self.app = app
         s = app.settings
-        self.codec = ReadingCodec(app.features, s.kafka.max_message_bytes, max_sensor_id_bytes=s.limits.max_sensor_id_bytes,
-                                  max_future_s=s.limits.max_future_s)
+        self.codec = BatchCodec(app.features, s.kafka.max_message_bytes, max_sensor_id_bytes=s.limits.max_sensor_id_bytes,
+                                max_future_s=s.limits.max_future_s)
         self.outputs = Outputs(app)
         self.rejection_log = RejectionLog(log, s.limits.rejection_log_interval_s)
         self.rewinder = Rewinder(app)
 
     # ------------------------------------------------------------------ the seam
     def run_core(self, batch) -> PollResult:
-        """Records of one poll ({TopicPartition: [records]}) -> readings, results, outputs, rejections.
+        """Records of one poll ({TopicPartition: [records]}) -> columns, score columns, outputs, rejections.
 
         Skips records already applied, and the partitions not (any more) ours; raises
         :class:`~worker.rewind.CoreFailure` when the core fails (no state of the poll is to be trusted).
+        The whole poll is decoded in one call (:meth:`BatchCodec.decode_batch`) and scored in one
+        (:meth:`SlotDetector.process_columns`); objects are made only for the rejections.
         """
-        from worker.core.readings import Rejection, Score
+        import numpy as np
+
+        from worker.core.columns import SCORED
+        from worker.core.readings import Rejection
 
         app = self.app
         topic, restored, applied = app.topic, app.partitions.restored, app.partitions.applied
         checkpointed = app.checkpoints.checkpointed
         rw = self.rewinder
-        decode = self.codec.decode
+        poison = rw.poison
         res = PollResult()
-        readings, rejects = res.readings, res.rejects
-        origin = []  # raw bytes of each reading
+        values, offsets, parts, counts = [], [], [], []
+        early = []  # (partition, offset, Rejection, raw) of the poisoned offsets
         for tp, records in batch.items():
             p = tp.partition
             if tp.topic != topic or p not in restored:
                 continue  # not ours (any more): not consumed, the next owner reads it
+            if not records:
+                continue
             last = applied.get(p, -1)
-            if records and p not in checkpointed:
+            if p not in checkpointed:
                 rw.origin.setdefault(p, records[0].offset)  # where a rewind without a checkpoint starts
             res.consumed += len(records)
-            for rec in records:
-                if rec.offset <= last:
-                    res.skipped += 1
-                    continue
-                last = rec.offset
-                why = rw.poison.get((p, rec.offset)) if rw.poison else None
-                if why is not None:  # made the core fail before: dead letter, not applied
-                    rejects.append((Rejection("internal_error", why, None, p, rec.offset), rec.value))
-                    continue
-                try:
-                    r = decode(rec.value, p, rec.offset)
-                except Exception as e:  # noqa: BLE001 - a codec bug must not stop the worker; no state touched
-                    log.exception("decoding partition %d offset %d failed", p, rec.offset)
-                    r = Rejection("internal_error", describe(e), None, p, rec.offset)
-                if isinstance(r, Rejection):
-                    rejects.append((r, rec.value))
-                else:
-                    readings.append(r)
-                    origin.append(rec.value)
-            applied[p] = last
-        res.results, res.outputs = rw.score(app.detector, readings, self.outputs.scores)
-        ts, episodes = res.scored_ts_ms, res.episodes
-        for r, raw in zip(res.results, origin):
-            if isinstance(r, Score):
-                ts.append(r.ts_ms)
-                if r.episodes:
-                    episodes.extend(r.episodes)
+            n0 = len(values)
+            if records[0].offset > last and not poison:  # the common case: nothing to skip
+                values.extend([rec.value for rec in records])
+                offsets.extend([rec.offset for rec in records])
+                last = records[-1].offset
             else:
-                rejects.append((r, raw))
+                for rec in records:
+                    if rec.offset <= last:
+                        res.skipped += 1
+                        continue
+                    last = rec.offset
+                    why = poison.get((p, rec.offset)) if poison else None
+                    if why is not None:  # made the core fail before: dead letter, not applied
+                        early.append((p, rec.offset, Rejection("internal_error", why, None, p, rec.offset), rec.value))
+                        continue
+                    values.append(rec.value)
+                    offsets.append(rec.offset)
+            parts.append(p)
+            counts.append(len(values) - n0)
+            applied[p] = last
+        part = np.repeat(np.asarray(parts, np.int64), counts)
+        cols, bad = self._decode(values, part, offsets)
+        raw = None
+        if bad or early:
+            raw = dict(zip(zip(part.tolist(), offsets), values))
+            rank = {p: k for k, p in enumerate(parts)}  # dead letters in poll order, as read
+            both = early + [(r.partition, r.offset, r, raw[(r.partition, r.offset)]) for r in bad]
+            both.sort(key=lambda t: (rank.get(t[0], -1), t[1]))
+            res.rejects = [(r, v) for _, _, r, v in both]
+        if not len(cols):
+            return res
+        res.cols = cols
+        sc, res.outputs = rw.score(app.detector, cols, self.outputs.scores)
+        res.scores = sc
+        scored = sc.status == SCORED
+        res.scored_ts_ms = cols.ts_ms[scored]
+        if not scored.all():
+            if raw is None:
+                raw = dict(zip(zip(part.tolist(), offsets), values))
+            for i in np.nonzero(~scored)[0].tolist():
+                r = sc.row(i)
+                res.rejects.append((r, raw[(r.partition, r.offset)]))
+        for i in sorted(sc.episodes):
+            res.episodes.extend(sc.episodes[i])
         return res
+
+    def _decode(self, values, part, offsets):
+        """:meth:`BatchCodec.decode_batch` of the poll; if it raises (a codec bug), the per-message path,
+        where a message whose decoding raises is an ``internal_error`` (no state touched)."""
+        from worker.core.columns import ReadingColumns
+        from worker.core.readings import Rejection
+
+        codec = self.codec
+        try:
+            return codec.decode_batch(values, part, offsets)
+        except Exception:  # noqa: BLE001 - a codec bug must not stop the worker
+            log.exception("decoding a poll of %d messages failed; decoding it one message at a time", len(values))
+        readings, bad = [], []
+        for raw, p, o in zip(values, part.tolist(), offsets):
+            try:
+                r = codec.decode(raw, p, o)
+            except Exception as e:  # noqa: BLE001
+                log.exception("decoding partition %d offset %d failed", p, o)
+                r = Rejection("internal_error", describe(e), None, p, o)
+            (bad if isinstance(r, Rejection) else readings).append(r)
+        return ReadingColumns.from_readings(readings, len(self.app.features)), bad
 
     # ------------------------------------------------------------------ one poll
     def handle(self, batch) -> None:
@@ -117,8 +160,8 @@ class PollProcessor:
         except CoreFailure as f:  # state may be half-updated: reload it (the poll is read again)
             self.rewinder.rewind(f)
             return
-        if app.watch is not None:
-            app.watch.on_readings(res.readings, res.results)
+        if app.watch is not None and res.cols is not None:
+            app.watch.on_readings(res.cols, res.scores)
         sink.send_many(res.outputs)
         orphans = app.detector.drain_episode_events()  # closes of evicted sensors' episodes
         if orphans:
@@ -133,7 +176,7 @@ class PollProcessor:
         n_scored = len(res.scored_ts_ms)
         m.scored.inc(n_scored)
         if n_scored:
-            lag = np.maximum(0.0, now - np.asarray(res.scored_ts_ms, dtype=np.float64) / 1000.0)
+            lag = np.maximum(0.0, now - res.scored_ts_ms / 1000.0)
             observe_many(m.event_lag, lag)
             observe_many(m.latency, lag)  # deprecated name of the same
             observe_many(m.processing, np.full(n_scored, max(0.0, now - arrived)))

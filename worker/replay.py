@@ -2,6 +2,7 @@
 
 Rows are taken in time order (ties keep file order) and fed to the same
 :class:`~worker.core.detector.SlotDetector` the worker runs, in chunks like Kafka polls.
+The chunks go through the columnar entry point (``process_columns``), as the worker's polls do.
 One output row per input row: sensor_id, ts, the values, expected values, error, score,
 is_anomaly, warming_up, surprise, episode (the episode events the row caused: ``open``,
 ``close:<reason>``, joined by ``;``) (and label when the input has one; rejected rows carry
@@ -64,7 +65,8 @@ def replay_frame(detector, df, features, chunk: int = 2000, progress: bool = Fal
     import numpy as np
     import pandas as pd
 
-    from worker.core.readings import Reading, Rejection
+    from worker.core.columns import SCORED, ReadingColumns
+    from worker.core.readings import REASONS
 
     n = len(df)
     f = len(features)
@@ -92,20 +94,23 @@ def replay_frame(detector, df, features, chunk: int = 2000, progress: bool = Fal
         bar = tqdm(total=n, unit="rd", desc="replay", smoothing=0.1)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        pos = [i for i in range(start, stop) if finite[i]]
-        batch = [Reading(ids[i], int(ts[i]), vals[i], partition=int(part[i]), offset=i) for i in pos]
-        for i, res in zip(pos, detector.process(batch)):
-            if isinstance(res, Rejection):
-                reason[i] = res.reason
-                continue
-            exp[i] = res.expected
-            err[i] = res.error
-            score[i] = res.score
-            surp[i] = res.surprise
-            if res.episodes:
-                episode[i] = ";".join(e.event if e.event == "open" else f"close:{e.close_reason}" for e in res.episodes)
-            anom[i] = res.is_anomaly
-            warm[i] = res.warming_up
+        pos = start + np.nonzero(finite[start:stop])[0]
+        batch = ReadingColumns.build([s if type(s) is str else "" for s in ids[pos].tolist()], ts[pos], vals[pos],
+                                     partition=part[pos], offset=pos)
+        sc = detector.process_columns(batch)
+        ok = sc.status == SCORED
+        for i, code in zip(pos[~ok].tolist(), sc.status[~ok].tolist()):
+            reason[i] = REASONS[code]
+        at = pos[ok]
+        exp[at] = sc.expected[ok]
+        err[at] = sc.error[ok]
+        score[at] = sc.score[ok]
+        surp[at] = sc.surprise[ok]
+        anom[at] = sc.is_anomaly[ok]
+        warm[at] = sc.warming_up[ok]
+        for k, events in sc.episodes.items():
+            if events:
+                episode[pos[k]] = ";".join(e.event if e.event == "open" else f"close:{e.close_reason}" for e in events)
         if detector.silence is not None:
             got = detector.silence.drain()
             if silence_events is not None:

@@ -17,13 +17,14 @@ log = logging.getLogger("slotwatch.worker")
 
 
 class CoreFailure(Exception):
-    """The core (or encoding its results) raised on ``readings``; ``single``: on that one reading alone."""
+    """The core (or encoding its results) raised on ``rows`` (:class:`~worker.core.columns.ReadingColumns`);
+    ``single``: on that one reading alone."""
 
-    def __init__(self, error: BaseException, readings, single: bool = False) -> None:
+    def __init__(self, error: BaseException, rows, single: bool = False) -> None:
         super().__init__(str(error))
         self.error = error
-        self.readings = list(readings)
-        self.single = single and len(self.readings) == 1
+        self.rows = rows
+        self.single = single and len(rows) == 1
 
 
 def describe(e: BaseException) -> str:
@@ -42,44 +43,60 @@ class Rewinder:
         self.poison: dict[tuple[int, int], str] = {}
         self.suspect: dict[int, tuple[int, int]] = {}
 
-    def score(self, detector, readings, outputs) -> tuple[list, list]:
-        """The core's results for ``readings`` and ``outputs(results)``, or :class:`CoreFailure`.
+    def score(self, detector, cols, outputs) -> tuple:
+        """The core's :class:`~worker.core.columns.ScoreColumns` for ``cols`` and ``outputs(scores)``, or
+        :class:`CoreFailure`.
 
         Readings inside a suspect range go through the core one at a time, so a failure names
-        its reading.
+        its reading; the runs between them go through in one call each, as before.
         """
-        if not readings:
-            return [], []
-        if not self.suspect:
+        import numpy as np
+
+        if not len(cols):
+            return None, []
+        alone = self._suspects(cols)
+        if alone is None:
             try:
-                results = detector.process(readings)
-                return results, outputs(results)
+                sc = detector.process_columns(cols)
+                return sc, outputs(sc)
             except Exception as e:  # noqa: BLE001
-                raise CoreFailure(e, readings) from e
-        results, batch = [], []
-        for r in readings:
-            lo, hi = self.suspect.get(r.partition, (0, -1))
-            if lo <= r.offset <= hi:
-                if batch:
-                    try:
-                        results += detector.process(batch)
-                    except Exception as e:  # noqa: BLE001
-                        raise CoreFailure(e, batch) from e
-                    batch = []
+                raise CoreFailure(e, cols) from e
+        from worker.core.columns import ScoreColumns
+
+        sc = ScoreColumns.empty(cols, detector.n_features, detector.threshold)
+        start = 0
+        for k in [*alone.tolist(), len(cols)]:
+            if start < k:  # the run of readings before the next suspect one
+                run = np.arange(start, k)
+                part = take(cols, run)
                 try:
-                    one = detector.process([r])
-                    outputs(one)
+                    scatter(sc, detector.process_columns(part), run)
                 except Exception as e:  # noqa: BLE001
-                    raise CoreFailure(e, [r], single=True) from e
-                results += one
-            else:
-                batch.append(r)
+                    raise CoreFailure(e, part) from e
+            if k < len(cols):
+                one = take(cols, np.array([k]))
+                try:
+                    got = detector.process_columns(one)
+                    outputs(got)
+                except Exception as e:  # noqa: BLE001
+                    raise CoreFailure(e, one, single=True) from e
+                scatter(sc, got, np.array([k]))
+            start = k + 1
         try:
-            if batch:
-                results += detector.process(batch)
-            return results, outputs(results)
+            return sc, outputs(sc)
         except Exception as e:  # noqa: BLE001
-            raise CoreFailure(e, readings) from e
+            raise CoreFailure(e, cols) from e
+
+    def _suspects(self, cols):
+        """Rows of ``cols`` inside a suspect range (ascending), or None when there is none."""
+        import numpy as np
+
+        if not self.suspect:
+            return None
+        m = np.zeros(len(cols), bool)
+        for p, (lo, hi) in self.suspect.items():
+            m |= (cols.partition == p) & (cols.offset >= lo) & (cols.offset <= hi)
+        return np.nonzero(m)[0] if m.any() else None
 
     def passed(self, applied: dict[int, int]) -> None:
         """Drop the suspect ranges every reading of which has been applied again."""
@@ -97,18 +114,22 @@ class Rewinder:
         app = self.app
         e = failure.error
         app.metrics.rewinds.inc()
+        rows = failure.rows
         if failure.single:
-            r = failure.readings[0]
-            self.poison[(r.partition, r.offset)] = describe(e)
+            p, o, sid = int(rows.partition[0]), int(rows.offset[0]), rows.sensor_id[0]
+            self.poison[(p, o)] = describe(e)
             log.error("reading at partition %d offset %d made the core fail (%s); it goes to the dead-letter topic "
-                      "(internal_error) and the state is reloaded", r.partition, r.offset, describe(e),
-                      exc_info=e, extra={"partition": r.partition, "offset": r.offset, "sensor_id": r.sensor_id})
+                      "(internal_error) and the state is reloaded", p, o, describe(e),
+                      exc_info=e, extra={"partition": p, "offset": o, "sensor_id": sid})
         else:
-            for r in failure.readings:
-                lo, hi = self.suspect.get(r.partition, (r.offset, r.offset))
-                self.suspect[r.partition] = (min(lo, r.offset), max(hi, r.offset))
+            import numpy as np
+
+            for p in np.unique(rows.partition).tolist():
+                offs = rows.offset[rows.partition == p]
+                lo, hi = self.suspect.get(p, (int(offs.min()), int(offs.max())))
+                self.suspect[p] = (min(lo, int(offs.min())), max(hi, int(offs.max())))
             log.error("the core failed on a poll of %d readings (%s); reloading the state from the checkpoints and "
-                      "replaying that poll one reading at a time", len(failure.readings), describe(e), exc_info=e)
+                      "replaying that poll one reading at a time", len(rows), describe(e), exc_info=e)
         self.reload()
 
     def reload(self) -> None:
@@ -136,3 +157,29 @@ class Rewinder:
             if p not in ck.checkpointed and p in self.origin and p in parts.restored:
                 app.source.seek(app.source.tp(p), self.origin[p])
                 parts.applied[p] = self.origin[p] - 1
+
+
+def take(cols, idx):
+    """Rows ``idx`` (ascending positions) of a :class:`~worker.core.columns.ReadingColumns`."""
+    from worker.core.columns import ReadingColumns
+
+    pos = idx.tolist()
+    where = {i: k for k, i in enumerate(pos)} if cols.unfit else {}
+    return ReadingColumns([cols.sensor_id[i] for i in pos], cols.ts_ms[idx], cols.values[idx], cols.reset[idx],
+                          cols.partition[idx], cols.offset[idx],
+                          None if cols.labels is None else [cols.labels[i] for i in pos],
+                          {where[i]: u for i, u in cols.unfit.items() if i in where})
+
+
+_ROW_FIELDS = ("status", "score", "surprise", "error", "is_anomaly", "warming_up", "accepted", "expected", "feature_z")
+
+
+def scatter(sc, part, idx) -> None:
+    """Write the :class:`~worker.core.columns.ScoreColumns` ``part`` of rows ``idx`` into ``sc``."""
+    for name in _ROW_FIELDS:
+        getattr(sc, name)[idx] = getattr(part, name)
+    pos = idx.tolist()
+    for j, d in part.details.items():
+        sc.details[pos[j]] = d
+    for j, ev in part.episodes.items():
+        sc.episodes[pos[j]] = ev

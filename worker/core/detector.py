@@ -177,10 +177,10 @@ class SlotDetector:
         groups = intake.sequence(cols, ok, table.index, table.cols["last_ts"], table.cols["partition"], out)
         if self.max_sensors is not None and (groups.rows < 0).any():
             self._admit(groups, cols, out)
-        slot_col = table.cols["slot"]
         rows = groups.rows
         for _, live, at in intake.rounds(groups):
             if len(live) > self.slots:  # several ticks: sensors holding a slot first, so fewer are paged
+                slot_col = table.cols["slot"]  # read each round: a round's new sensors may have grown the table
                 r = rows[live]
                 held = np.zeros(len(live), bool)
                 held[r >= 0] = slot_col[r[r >= 0]] >= 0
