@@ -68,7 +68,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.core.scorer import ScorerParams, normal_sf, score_step
+from worker.core.scorer import ScorerParams, long_alpha, normal_sf, score_step
 
 #: the level channel's variance counts as at least this (scaled units, i.e. (1/4 of the sensor's std)**2)
 LEVEL_VAR_FLOOR = 0.0625
@@ -97,15 +97,12 @@ class AdaptParams:
         return 2.0 / (self.level_window + 1.0) if self.level_window > 0 else 1.0
 
 
-def long_alpha(warmup: int, count: np.ndarray, long_window: int) -> np.ndarray:
-    """Learning rate of the long-run statistics: the prior counts as ``warmup`` readings, then a window."""
-    return np.maximum(1.0 / (max(warmup, 1) + count + 1.0), 1.0 / long_window)
-
-
 def level_step(a: AdaptParams, xs: np.ndarray, first: np.ndarray, lvl: np.ndarray, lvl_mean: np.ndarray,
                lvl_var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(new EWMA level (n, F), z (n,)): the level channel's largest |deviation| in units of its sd / level_scale."""
-    lvl = np.where(first[:, None], xs, lvl + a.level_alpha * (xs - lvl))
+    lvl = lvl + a.level_alpha * (xs - lvl)
+    if first.any():
+        lvl = np.where(first[:, None], xs, lvl)
     if a.level_scale <= 0 or a.level_window <= 0:
         return lvl, np.zeros(len(xs))
     return lvl, scaled_max(level_dev(lvl, lvl_mean, lvl_var), a.level_scales, a.level_scale)
@@ -134,6 +131,8 @@ def level_learn(alpha: np.ndarray, learn: np.ndarray, lvl: np.ndarray, lvl_mean:
     delta = lvl - lvl_mean
     m = lvl_mean + al * delta
     v = (1.0 - al) * (lvl_var + al * delta * delta)
+    if learn.all():
+        return m, v
     lm = learn[:, None]
     return np.where(lm, m, lvl_mean), np.where(lm, v, lvl_var)
 
@@ -146,17 +145,23 @@ def movement_step(a: AdaptParams, x32: np.ndarray, prev32: np.ndarray, has_prev:
     them); ``has_prev`` (n,) whether there is a previous reading since the last reset.
     """
     moved = x32 != prev32
-    hp = has_prev[:, None]
-    run = np.where(hp, np.where(moved, 0, still_run + 1), 0)
+    run = np.where(moved, 0, still_run + 1)
     # Laplace estimate (moves + 1) / (changes + 2) from a prior of 1/2, then an EWMA over move_window
     alpha = np.maximum(1.0 / (count.astype(np.float64) + 2.0), 1.0 / a.move_window)[:, None]
-    rate = np.where(hp, move_rate + alpha * (moved - move_rate), np.where(count[:, None] == 0, 0.5, move_rate))
+    rate = move_rate + alpha * (moved - move_rate)
+    if not has_prev.all():
+        hp = has_prev[:, None]
+        run = np.where(hp, run, 0)
+        rate = np.where(hp, rate, np.where(count[:, None] == 0, 0.5, move_rate))
     if a.flat_min_run <= 0:
+        return rate, run, np.ones(len(x32))
+    long_run = run >= a.flat_min_run
+    if not long_run.any():  # every run counts as probability 1: exp(0)
         return rate, run, np.ones(len(x32))
     p = np.minimum(rate, a.flat_p_max)
     with np.errstate(divide="ignore"):
         logq = run * np.log1p(-p)
-    logq = np.where(run >= a.flat_min_run, logq, 0.0)
+    logq = np.where(long_run, logq, 0.0)
     return rate, run, np.exp(logq.min(axis=-1))
 
 
@@ -167,12 +172,16 @@ def episode_step(a: AdaptParams, flagged: np.ndarray, err: np.ndarray, ep_len: n
     ``adapt_len`` counts the readings since the episode's first flag (0 = none open).
     """
     open_ = (ep_len > 0) | flagged
+    if not open_.any():  # no episode open nor opening: everything is reset
+        none = np.zeros(len(err))
+        return np.zeros_like(ep_len), np.zeros_like(ep_quiet), none, none.copy(), np.zeros(len(err), bool)
     n = np.where(open_, ep_len + 1, 0)
     quiet = np.where(flagged, 0, np.where(open_, ep_quiet + 1, 0))
     k = np.maximum(n, 1).astype(np.float64)
-    delta = err - np.where(n == 1, err, ep_mean)
-    m = np.where(n == 1, err, ep_mean + delta / k)
-    v = np.where(n == 1, 0.0, ep_var + (delta * (err - m) - ep_var) / k)  # running (population) variance
+    starts = n == 1
+    delta = err - np.where(starts, err, ep_mean)
+    m = np.where(starts, err, ep_mean + delta / k)
+    v = np.where(starts, 0.0, ep_var + (delta * (err - m) - ep_var) / k)  # running (population) variance
     ended = open_ & (a.quiet > 0) & (quiet >= a.quiet)
     accept = open_ & flagged & (a.accept_after > 0) & (n >= a.accept_after)
     done = ended | accept
@@ -191,11 +200,17 @@ def score_tick(p: ScorerParams, a: AdaptParams, st: dict, err: np.ndarray, xs: n
     """
     thr = p.threshold if threshold is None else threshold
     em0, ev0 = st["err_mean"], st["err_var"]
-    score, anom, warming, em, ev, es, tail = score_step(p, err, count, warm_n, em0, ev0, st["err_short"], thr, with_tail=True)
-    first = count == 0
     alpha = long_alpha(p.warmup, count, p.long_window)
-    lm = np.where(first[:, None], 0.0, st["lvl_mean"])
-    lv = np.where(first[:, None], 1.0, st["lvl_var"])
+    score, anom, warming, em, ev, es, tail = score_step(p, err, count, warm_n, em0, ev0, st["err_short"], thr,
+                                                        with_tail=True, alpha=alpha)
+    first = count == 0
+    any_first = bool(first.any())  # the np.where(first, ...) below change nothing otherwise
+    lm, lv = st["lvl_mean"], st["lvl_var"]
+    if any_first:
+        lm = np.where(first[:, None], 0.0, lm)
+        lv = np.where(first[:, None], 1.0, lv)
+        em0 = np.where(first, p.prior_mean, em0)
+        ev0 = np.where(first, p.prior_var, ev0)
     lvl, z_lvl = level_step(a, xs, first, st["lvl"], lm, lv)
     if level_on:
         tail = np.minimum(tail, level_tail(z_lvl, xs.shape[-1]))
@@ -205,13 +220,15 @@ def score_tick(p: ScorerParams, a: AdaptParams, st: dict, err: np.ndarray, xs: n
     if level_on or flat_on:
         score = 1.0 - tail
         anom = (~warming) & (score >= thr)
+    in_episode = st["adapt_len"] > 0
     if a.hold < 1.0:  # hysteresis: an open episode needs less surprise to go on than to start
         hold_tail = (1.0 - thr) ** a.hold
-        anom = anom | ((~warming) & (st["adapt_len"] > 0) & (tail <= hold_tail))
+        anom = anom | ((~warming) & in_episode & (tail <= hold_tail))
     # the long-run statistics learn only outside episodes, and never from a flagged reading
-    learn = ~anom & ~(st["adapt_len"] > 0)
-    em = np.where(learn, em, np.where(first, p.prior_mean, em0))
-    ev = np.where(learn, ev, np.where(first, p.prior_var, ev0))
+    learn = ~(anom | in_episode)
+    if not learn.all():
+        em = np.where(learn, em, em0)
+        ev = np.where(learn, ev, ev0)
     lm, lv = level_learn(alpha, learn, lvl, lm, lv)
     n_, q_, epm, epv, acc = episode_step(a, anom, err, st["adapt_len"], st["adapt_quiet"], st["adapt_err_mean"], st["adapt_err_var"])
     if acc.any():  # the horizon: this deviation is the new normal

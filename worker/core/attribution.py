@@ -29,7 +29,8 @@ MAX_SURPRISE = 16.0
 def surprise(tail: np.ndarray | float) -> np.ndarray:
     """``-log10(tail)``, with ``tail`` floored at :data:`TAIL_FLOOR` (finite, at most 16), vectorised."""
     t = np.asarray(tail, dtype=np.float64)
-    return -np.log10(np.clip(t, TAIL_FLOOR, 1.0)) + 0.0  # + 0.0: no -0.0 for a tail of 1
+    # np.minimum(np.maximum(..)) is np.clip's arithmetic (NaN passes) without its Python wrapper
+    return -np.log10(np.minimum(np.maximum(t, TAIL_FLOOR), 1.0)) + 0.0  # + 0.0: no -0.0 for a tail of 1
 
 
 def top_features(features, actual, expected, z, k: int) -> list[dict]:

@@ -182,15 +182,17 @@ class EpisodeTracker:
         out: list[tuple[int, EpisodeEvent]] = []
         k, feats = self.params.top_features, self.features
         ids = self.table.ids
+        closed: list[int] = []
         for j in np.nonzero(opening | closing | acc)[0].tolist():
             p, row = int(pos[j]), int(r[j])
             if opening[j]:
                 out.append((p, EpisodeEvent("open", self.kind, ids[row], int(t[j]), int(t[j]), float(score[p]), float(su[j]),
                                             top_features(feats, values[p], expected[p], z[p], k))))
-            if acc[j]:
-                out.append((p, self._close_row(row, int(t[j]), "accepted")))
-            elif closing[j]:
-                out.append((p, self._close_row(row, int(t[j]), "quiet")))
+            if acc[j] or closing[j]:
+                out.append((p, self._close_event(row, int(t[j]), "accepted" if acc[j] else "quiet")))
+                closed.append(row)
+        if closed:
+            clear_episodes(self.table, np.asarray(closed, np.int64))
         return out
 
     def close(self, rows: np.ndarray, ts: np.ndarray, reason: str) -> list[tuple[int, EpisodeEvent]]:
@@ -200,9 +202,12 @@ class EpisodeTracker:
         rows = np.asarray(rows, np.int64).reshape(-1)
         ts = np.broadcast_to(np.asarray(ts, np.int64), rows.shape)
         open_ = np.nonzero(self.table.cols["ep_start_ts"][rows] != NO_TS)[0]
-        return [(j, self._close_row(int(rows[j]), int(ts[j]), reason)) for j in open_.tolist()]
+        out = [(j, self._close_event(int(rows[j]), int(ts[j]), reason)) for j in open_.tolist()]
+        clear_episodes(self.table, rows[open_])
+        return out
 
-    def _close_row(self, row: int, ts_ms: int, reason: str) -> EpisodeEvent:
+    def _close_event(self, row: int, ts_ms: int, reason: str) -> EpisodeEvent:
+        """The close message of ``row``'s open episode (the caller then clears the rows it closed)."""
         c = self.table.cols
         ev = EpisodeEvent(
             "close", self.kind, self.table.ids[row], int(c["ep_start_ts"][row]), ts_ms,
@@ -211,7 +216,6 @@ class EpisodeTracker:
                          self.params.top_features),
             end_ts_ms=int(c["ep_last_ts"][row]), readings_flagged=int(c["ep_flagged"][row]), close_reason=reason,
         )
-        clear_episodes(self.table, np.array([row]))
         return ev
 
     def open_count(self) -> int:
