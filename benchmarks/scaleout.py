@@ -29,17 +29,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks.common import finish, md_table
-from benchmarks.e2e import FAST_GROUP, _cpu_times, _model, _produce, _stop
+from benchmarks.e2e import _cpu_times, _model, _produce, _stop
 
 PARTITIONS = 6
 TICK = os.sysconf("SC_CLK_TCK")
@@ -57,18 +54,9 @@ def _proc_cpu(pid: int) -> float:
 
 def _metrics(port: int) -> dict[str, float]:
     """``name{labels}`` -> value from a worker's /metrics (empty while it does not answer)."""
-    from prometheus_client.parser import text_string_to_metric_families
+    from tests.worker_helpers import scrape_labeled
 
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return {}
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            lab = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{lab}}}" if lab else s.name] = s.value
-    return out
+    return scrape_labeled(port)
 
 
 def _owned(m: dict[str, float]) -> dict[int, float]:
@@ -76,29 +64,20 @@ def _owned(m: dict[str, float]) -> dict[int, float]:
 
 
 def _start(bootstrap: str, topics: dict, group: str, changelog: str, model: Path, ckpt: Path, port: int, log: Path):
+    """One worker of the group (the e2e benchmark's worker, state in the Kafka changelog)."""
+    from benchmarks.e2e import _start_worker
+
     ckpt.mkdir(parents=True)
-    env = dict(os.environ, **FAST_GROUP)
-    env.update({
-        "SLOTWATCH_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "SLOTWATCH_KAFKA__READINGS_TOPIC": topics["readings"],
-        "SLOTWATCH_KAFKA__SCORES_TOPIC": topics["scores"],
-        "SLOTWATCH_KAFKA__ANOMALIES_TOPIC": topics["anomalies"],
-        "SLOTWATCH_KAFKA__DEAD_LETTER_TOPIC": topics["dead"],
+    return _start_worker(bootstrap, topics, model, ckpt, port, False, log, **{
         "SLOTWATCH_KAFKA__GROUP_ID": group,
-        "SLOTWATCH_KAFKA__PUBLISH_SCORES": "false",
-        "SLOTWATCH_MODEL__PATH": str(model),
         "SLOTWATCH_MODEL__SLOTS": "256",
-        "SLOTWATCH_CHECKPOINT__DIR": str(ckpt),
         "SLOTWATCH_CHECKPOINT__STATE_STORE": "kafka",
         "SLOTWATCH_CHECKPOINT__CHANGELOG_TOPIC": changelog,
         "SLOTWATCH_CHECKPOINT__INTERVAL_S": "5",
-        "SLOTWATCH_METRICS__HOST": "127.0.0.1",
-        "SLOTWATCH_METRICS__PORT": str(port),
         # each worker gets one core's worth of TensorFlow threads: k of them share 2 cores here
         "TF_NUM_INTRAOP_THREADS": "1",
         "TF_NUM_INTEROP_THREADS": "1",
     })
-    return subprocess.Popen([sys.executable, "-m", "worker.cli", "run"], env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
 
 
 def run_group(k: int, broker, topics: dict, model: Path, d: Path, n: int, window_s: float, progress: bool = True,

@@ -27,32 +27,9 @@ import numpy as np
 import pytest
 
 from tests.broker import FAST_GROUP
+from tests.worker_helpers import on_tansu, read_values
 from worker.exits import EXIT_FENCED
 from worker.settings import KafkaSettings, Settings
-
-
-def _on_tansu(broker) -> bool:
-    return broker.embedded is not None  # SLOTWATCH_TEST_BOOTSTRAP may name a real Kafka
-
-
-def read_values(bootstrap: str, topic: str, isolation: str = "read_committed", idle: float = 1.5) -> list[bytes]:
-    """Every value of partition 0 of ``topic`` as a consumer of that isolation level sees it (until quiet)."""
-    from kafka import TopicPartition
-
-    from worker.kafka.transactions import make_committed_reader
-
-    c = make_committed_reader(bootstrap, isolation_level=isolation)
-    tp = TopicPartition(topic, 0)
-    c.assign([tp])
-    c.seek_to_beginning(tp)
-    out, last = [], time.monotonic()
-    while time.monotonic() - last < idle:
-        got = c.poll(timeout_ms=200)
-        for recs in got.values():
-            out += [r.value for r in recs]
-            last = time.monotonic()
-    c.close()
-    return out
 
 
 def committed(bootstrap: str, group: str, tp) -> int | None:
@@ -122,7 +99,7 @@ def test_committed_round_then_aborted_round_as_read_committed_sees_them(kafka_br
         assert not rnd.open and rnd.aborted == 1
         assert committed(bs, g, tp) == 10  # the aborted round's offsets are dropped
         seen = read_values(bs, out)
-        if _on_tansu(kafka_broker):
+        if on_tansu(kafka_broker):
             assert seen == [b"c0", b"c1", b"c2", b"a0", b"a1", b"a2"]  # measured: aborted records delivered
         else:
             assert seen == [b"c0", b"c1", b"c2"]
@@ -139,7 +116,7 @@ def test_what_tansu_does_not_check(kafka_broker, group):
     KIP-447); offsets alone in a transaction are not applied; an open transaction outlives its timeout."""
     from kafka.structs import ConsumerGroupMetadata
 
-    if not _on_tansu(kafka_broker):
+    if not on_tansu(kafka_broker):
         pytest.skip("measures the embedded test broker")
     t, g, cons, tp = group
     bs = kafka_broker.bootstrap
@@ -196,7 +173,7 @@ def test_second_producer_with_the_same_id_fences_the_first(kafka_broker, group):
         assert committed(bs, g, tp) == 46
         seen = read_values(bs, out)
         assert seen[-1] == b"owner" and b"zombie-2" not in seen
-        assert (b"zombie" in seen) is _on_tansu(kafka_broker)  # aborted by the new init; tansu still delivers it
+        assert (b"zombie" in seen) is on_tansu(kafka_broker)  # aborted by the new init; tansu still delivers it
     finally:
         old.close(timeout=0)
         new.close()
@@ -281,7 +258,7 @@ def test_changelog_rounds_in_transactions_restore_at_the_committed_offset(kafka_
         plain.close()
     assert res.marker_next == first_off and res.n_sensors == len(ids)
     assert_same(res.columns, first_cols)
-    assert res.skipped_beyond == (len(ids) if _on_tansu(kafka_broker) else 0)
+    assert res.skipped_beyond == (len(ids) if on_tansu(kafka_broker) else 0)
 
 
 def test_exactly_once_settings():

@@ -23,7 +23,8 @@ import pytest
 from tests.conftest import sine_fleet
 from tests.test_worker_changelog import _changelog_states, _setup
 from tests.worker_helpers import (
-    RunningWorker, fleet_messages, partition_by_index, reference_detector, scrape_labeled, worker_env, worker_settings,
+    RunningWorker, fleet_messages, on_tansu, partition_by_index, read_values, reference_detector, scrape_labeled, worker_env,
+    worker_settings,
 )
 from worker.codec import ReadingCodec
 from worker.core import artifact as art
@@ -40,27 +41,9 @@ def art1(artifact_1f):
     return art.load(artifact_1f)
 
 
-def _on_tansu(broker) -> bool:
-    return broker.embedded is not None  # SLOTWATCH_TEST_BOOTSTRAP may name a real Kafka
-
-
 def read_scores(bootstrap: str, topic: str, isolation: str = "read_committed", idle: float = 2.0) -> list[bytes]:
     """Every value of ``topic`` (one partition) as a reader of that isolation level sees it, until quiet."""
-    from kafka import TopicPartition
-
-    from worker.kafka.transactions import make_committed_reader
-
-    c = make_committed_reader(bootstrap, isolation_level=isolation)
-    tp = TopicPartition(topic, 0)
-    c.assign([tp])
-    c.seek_to_beginning(tp)
-    out, last = [], time.monotonic()
-    while time.monotonic() - last < idle:
-        for recs in c.poll(timeout_ms=200).values():
-            out += [r.value for r in recs]
-            last = time.monotonic()
-    c.close()
-    return out
+    return read_values(bootstrap, topic, isolation, idle)
 
 
 def _keys(values) -> dict:
@@ -170,8 +153,8 @@ def test_kill_9_inside_a_round_aborts_it_and_the_restart_replays_it(kafka_broker
     dups = {k: v for k, v in by_key.items() if len(v) > 1}
     aborted_keys = _keys(aborted)
     print(f"read_committed after the aborted round: {len(seen)} scores for {len(every)} readings, "
-          f"{len(dups)} duplicates, aborted round {len(aborted)} records ({'tansu' if _on_tansu(kafka_broker) else 'Kafka'})")
-    if _on_tansu(kafka_broker):  # aborted records are not filtered: exactly the aborted round's, byte-identical
+          f"{len(dups)} duplicates, aborted round {len(aborted)} records ({'tansu' if on_tansu(kafka_broker) else 'Kafka'})")
+    if on_tansu(kafka_broker):  # aborted records are not filtered: exactly the aborted round's, byte-identical
         assert set(dups) == set(aborted_keys) and len(aborted_keys) == len(second)
         assert all(len(v) == 2 and v[0] == v[1] for v in dups.values())
         assert all(by_key[k][0] == v[0] for k, v in aborted_keys.items())

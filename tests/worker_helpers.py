@@ -167,3 +167,29 @@ def worker_env(broker, topics: dict, model_path: Path, ckpt: Path, port: int, **
     )
     env.update(extra)
     return env
+
+
+def on_tansu(broker) -> bool:
+    return broker.embedded is not None  # SLOTWATCH_TEST_BOOTSTRAP may name a real Kafka
+
+
+def read_values(bootstrap: str, topic: str, isolation: str = "read_committed", idle: float = 1.5) -> list[bytes]:
+    """Every value of partition 0 of ``topic`` as a consumer of that isolation level sees it (until quiet for ``idle`` s)."""
+    import time
+
+    from kafka import TopicPartition
+
+    from worker.kafka.transactions import make_committed_reader
+
+    c = make_committed_reader(bootstrap, isolation_level=isolation)
+    tp = TopicPartition(topic, 0)
+    c.assign([tp])
+    c.seek_to_beginning(tp)
+    out, last = [], time.monotonic()
+    while time.monotonic() - last < idle:
+        got = c.poll(timeout_ms=200)
+        for recs in got.values():
+            out += [r.value for r in recs]
+            last = time.monotonic()
+    c.close()
+    return out
