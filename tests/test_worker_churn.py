@@ -36,7 +36,9 @@ import pytest
 
 from tests.conftest import sine_fleet
 from tests.test_worker_changelog import _changelog_states
-from tests.worker_helpers import fleet_messages, partition_by_index, reference_detector, scrape_labeled, worker_env, worker_settings
+from tests.worker_helpers import (
+    fleet_messages, partition_by_index, reference_detector, scores_by_reading, scrape_labeled, worker_env, worker_settings,
+)
 from worker.codec import ReadingCodec
 from worker.core import artifact as art
 from worker.kafka.embedded import free_port
@@ -248,10 +250,7 @@ def test_three_workers_join_leave_and_crash_without_shared_disk(kafka_broker, ar
 
     # every reading scored, duplicates byte-identical, values as the uninterrupted run
     recs = kafka_broker.read_all(topics["scores"], expect=None, timeout=120, idle=3.0)
-    by_key: dict[tuple[int, int], set[bytes]] = {}
-    for r in recs:
-        d = json.loads(r.value)
-        by_key.setdefault((d["partition"], d["offset"]), set()).add(r.value)
+    by_key = scores_by_reading(recs)
     assert len(by_key) == len(every), f"{len(every) - len(by_key)} readings never scored"
     different = {k: v for k, v in by_key.items() if len(v) > 1}
     assert not different, f"{len(different)} readings scored twice with different bytes, e.g. {next(iter(different.items()))}"

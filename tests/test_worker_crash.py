@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import sine_fleet
 from tests.worker_helpers import (
+    scores_by_reading,
     fleet_messages, final_states, partition_by_index, reference_detector, scrape_labeled, worker_env, worker_settings,
 )
 from worker.codec import ReadingCodec
@@ -117,10 +118,7 @@ def test_kill_9_at_random_moments_loses_nothing_applies_nothing_twice(kafka_brok
 
     # every reading scored (at least once), duplicates identical, values as the uninterrupted run
     recs = kafka_broker.read_all(topics["scores"], expect=None, timeout=120, idle=3.0)
-    by_key: dict[tuple[int, int], set[bytes]] = {}
-    for r in recs:
-        d = json.loads(r.value)
-        by_key.setdefault((d["partition"], d["offset"]), set()).add(r.value)
+    by_key = scores_by_reading(recs)
     assert len(by_key) == len(msgs), f"{len(msgs) - len(by_key)} readings never scored"
     assert all(len(v) == 1 for v in by_key.values()), "a duplicate carries different values"
     dups = len(recs) - len(by_key)

@@ -193,3 +193,14 @@ def read_values(bootstrap: str, topic: str, isolation: str = "read_committed", i
             last = time.monotonic()
     c.close()
     return out
+
+
+def scores_by_reading(records) -> dict[tuple[int, int], set[bytes]]:
+    """Score messages grouped by the reading they score, ``(partition, offset)`` -> the distinct values."""
+    import json
+
+    by_key: dict[tuple[int, int], set[bytes]] = {}
+    for r in records:
+        d = json.loads(r.value)
+        by_key.setdefault((d["partition"], d["offset"]), set()).add(r.value)
+    return by_key
