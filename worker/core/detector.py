@@ -41,17 +41,19 @@ import numpy as np
 from worker.core import adaptive, intake
 from worker.core.adaptive import AdaptParams
 from worker.core.artifact import Artifact
+from worker.core.capacity import CapacityMixin
 from worker.core.columns import ReadingColumns, ScoreColumns
+from worker.core.detector_silence import SILENCE_COLUMNS, SilenceHooksMixin
+from worker.core.detector_state import StateMixin
 from worker.core.engine import SlotEngine
 from worker.core.episodes import EpisodeParams, EpisodeTracker
 from worker.core.readings import Reading, Rejection, Score
 from worker.core.router import SlotRouter
 from worker.core.scorer import ScorerParams
 from worker.core.tick import run_tick
-from worker.state.table import NO_TS, StateTable
+from worker.state.table import StateTable
 
-#: the state-table columns of the silence tracker (worker.core.silence)
-SILENCE_COLUMNS = ("sil_last_ts", "sil_stream_ts", "cad_n", "cad_log", "cad_dev", "sil_due_ts")
+__all__ = ["DetectorStats", "SILENCE_COLUMNS", "SlotDetector"]
 
 
 @dataclass
@@ -68,8 +70,12 @@ class DetectorStats:
     evicted_idle: int = 0  # sensors dropped to make room (max_sensors), idle longer than max_gap
 
 
-class SlotDetector:
-    """Every sensor in a fixed slot of one stateful LSTM, scored step by step."""
+class SlotDetector(CapacityMixin, StateMixin, SilenceHooksMixin):
+    """Every sensor in a fixed slot of one stateful LSTM, scored step by step.
+
+    Processing and scoring are here; capacity (:mod:`worker.core.capacity`), per-sensor state and
+    checkpoints (:mod:`worker.core.detector_state`) and the silence hooks
+    (:mod:`worker.core.detector_silence`) are mixins in their own modules."""
 
     def __init__(
         self,
@@ -198,69 +204,6 @@ class SlotDetector:
             self.silence.observe(table, self._seq_rows, self._seq_ts)
         return out
 
-    def _admit(self, groups: intake.Groups, cols: ReadingColumns, out: ScoreColumns) -> None:
-        """Make room for the new sensors of ``groups`` within ``max_sensors``: evict idle ones, reject the rest
-        (``no_capacity``, the sensors whose first reading came last)."""
-        table = self.table
-        new = np.nonzero(groups.rows < 0)[0]
-        need = table.n_rows + len(new) - self.max_sensors
-        if need <= 0:
-            return
-        # the partitions' stream time includes this call's readings: a flood of new sensors that are all
-        # refused never moves the table's own times forward, yet it does make the old sensors idle
-        now = intake.newest_per_partition(cols, groups)
-        evicted = self._evict_idle(need, exclude=set(groups.sensors), now=now)
-        if need > evicted:
-            refused = new[len(new) - (need - evicted):]
-            for g in refused.tolist():
-                for i in groups.flat[groups.starts[g] : groups.starts[g] + groups.counts[g]].tolist():
-                    out.reject(i, "no_capacity", f"the worker holds its maximum of {self.max_sensors} sensors and none is idle")
-            keep = np.ones(len(groups.sensors), bool)
-            keep[refused] = False
-            groups.drop(keep)
-        if evicted:  # rows moved: look the kept sensors up again
-            index = table.index
-            groups.rows = np.fromiter((index.get(s, -1) for s in groups.sensors), np.int64, len(groups.sensors))
-
-    def _evict_idle(self, k: int, exclude, now: dict[int, int] | None = None) -> int:
-        """Drop up to ``k`` sensors idle longer than max_gap behind their partition's newest reading
-        (in the table, or in ``now``: partition -> newest time stamp being processed), oldest first."""
-        table = self.table
-        n = table.n_rows
-        if n == 0:
-            return 0
-        lt = table.cols["last_ts"][:n]
-        parts = table.cols["partition"][:n]
-        uniq, inv = np.unique(parts, return_inverse=True)
-        clock = np.full(len(uniq), NO_TS, np.int64)
-        np.maximum.at(clock, inv, lt)
-        if now:
-            clock = np.maximum(clock, np.array([now.get(int(u), NO_TS) for u in uniq.tolist()], np.int64))
-        with np.errstate(over="ignore"):
-            idle = (lt < clock[inv] - self.max_gap_ms) & (clock[inv] != NO_TS)
-        cand = np.nonzero(idle)[0]
-        if len(cand) and exclude:
-            cand = np.array([r for r in cand.tolist() if table.ids[r] not in exclude], dtype=np.int64)
-        if len(cand) == 0:
-            return 0
-        if len(cand) > k:
-            cand = cand[np.argpartition(lt[cand], k - 1)[:k]]
-        cand = np.sort(cand)
-        # an open episode of an evicted sensor closes now ("evicted", at its partition's stream time)
-        evict_ts = clock[inv[cand]]
-        for _, e in self.episodes.close(cand, evict_ts, "evicted"):
-            if len(self._episode_events) < 100_000:  # bounded if nobody drains it
-                self._episode_events.append(e)
-        for r in cand.tolist():
-            sid = table.ids[r]
-            self.router.release(sid)
-            if len(self._evicted) < 100_000:  # bounded if nobody drains it
-                self._evicted.append((sid, int(parts[r]), int(lt[r])))
-        self.silence_evicted(cand)  # silent sensors stay known as silent (issue 16)
-        table.remove_rows(cand)
-        self.stats.evicted_idle += len(cand)
-        return len(cand)
-
     def drain_episode_events(self) -> list:
         """Episode events that belong to no reading (closes of evicted sensors) since the last call."""
         ev, self._episode_events = self._episode_events, []
@@ -322,128 +265,3 @@ class SlotDetector:
             r = rows[np.asarray(pos, np.int64)]
             self.table.cols["adapt_len"][r] = 0
             self.table.cols["adapt_quiet"][r] = 0
-
-    # ------------------------------------------------------------------ state
-    def _new_sensor(self, sensor_id: str, partition: int) -> int:
-        row = self.table.add(sensor_id, partition)
-        mean, std, trained = self.scaling.for_sensor(sensor_id)
-        c = self.table.cols
-        c["mean"][row], c["std"][row], c["trained"][row] = mean, std, trained
-        c["m2"][row] = 0.0
-        return row
-
-    def _reset_rows(self, rows: np.ndarray, slots: np.ndarray) -> None:
-        self.table.clear_rows(rows)
-        self.engine.reset(slots)
-
-    def reset(self, sensor_id: str) -> bool:
-        """Zero a sensor's state and restart its warm-up now; False if it is unknown.
-
-        An open episode closes (reason ``reset``, at the sensor's last reading); the event is in
-        :attr:`reset_events`."""
-        row = self.table.index.get(sensor_id)
-        if row is None:
-            return False
-        slot = self.router.slot_of(sensor_id)
-        ts = self.table.cols["last_ts"][row]
-        self.reset_events = [e for _, e in self.episodes.close(np.array([row]), np.array([ts]), "reset")]
-        self.table.clear_rows(np.array([row]))
-        if slot is not None:
-            self.engine.reset(np.array([slot]))
-        return True
-
-    def sync_state(self) -> None:
-        """Copy the state of every slotted sensor into the table (before export)."""
-        pairs = self.router.assignments()
-        if not pairs:
-            return
-        rows = np.array([self.table.index[s] for s, _ in pairs])
-        self.table.cols["state"][rows] = self.engine.read_state(np.array([sl for _, sl in pairs]))
-
-    def sensor_state(self, sensor_id: str) -> np.ndarray:
-        """The current LSTM state (h, c of each layer) of one sensor."""
-        row = self.table.index[sensor_id]
-        slot = self.router.slot_of(sensor_id)
-        if slot is not None:
-            return self.engine.read_state(np.array([slot]))[0]
-        return self.table.cols["state"][row].copy()
-
-    def export_partition(self, partition: int) -> dict[str, np.ndarray]:
-        """Columns of every sensor of ``partition`` (for :mod:`worker.checkpointing.format`)."""
-        self.sync_state()
-        return self.table.export_rows(self.table.rows_of_partition(partition))
-
-    def import_partition(self, data: dict[str, np.ndarray]) -> int:
-        """Load sensors' state (from a checkpoint); they go back to their old slots where free."""
-        ids = [str(s) for s in data["sensor_id"]]
-        for sid in ids:  # the checkpoint wins over whatever was in memory
-            if self.router.release(sid) is not None:
-                self.table.cols["slot"][self.table.index[sid]] = -1
-        rows = self.table.import_rows(data)
-        c = self.table.cols
-        saved = c["slot"][rows].copy()
-        c["slot"][rows] = -1
-        wanted = [(ids[k], int(saved[k])) for k in range(len(ids)) if saved[k] >= 0]
-        self.router.place(wanted)
-        placed = [(self.table.index[s], sl) for s, sl in wanted if self.router.slot_of(s) == sl]
-        if placed:
-            prow = np.array([p[0] for p in placed])
-            pslot = np.array([p[1] for p in placed])
-            self.engine.write_state(pslot, c["state"][prow])
-            c["slot"][prow] = pslot
-        return len(ids)
-
-    def clear(self) -> None:
-        """Forget every sensor (all slots free, table empty); the counters in ``stats`` stay."""
-        self.engine.reset(np.arange(self.slots))
-        self.router = SlotRouter(self.slots, self.router.when_full)
-        self.table = StateTable(self.n_features, self.engine.state_size, self.table.recent)
-        self.episodes.table = self.table
-        self._evicted = []
-        self._episode_events = []
-        if self.silence is not None:
-            self.silence.reset()
-
-    def silence_meta(self, partition: int) -> dict:
-        """Checkpoint meta of the silence tracker for ``partition`` ({} when it is off)."""
-        return {} if self.silence is None else {"silence": self.silence.export_meta(partition)}
-
-    def restore_silence(self, partition: int, meta: dict | None) -> None:
-        """After :meth:`import_partition`: rebuild the partition's silence state from its checkpoint."""
-        if self.silence is not None:
-            self.silence.restore(self.table, partition, (meta or {}).get("silence"))
-
-    def adopt_silence(self, old: "SlotDetector") -> None:
-        """A live model swap (issue 15): take over ``old``'s silence tracker and its per-sensor columns
-        (the candidate's copies stopped when it was warmed; ``old`` tracked every reading since)."""
-        sil = old.silence
-        if sil is None:
-            return
-        self.silence = sil
-        n = old.table.n_rows
-        index = self.table.index
-        pairs = [(r, index[sid]) for r, sid in enumerate(old.table.ids[:n]) if sid in index]
-        if pairs:
-            src = np.fromiter((a for a, _ in pairs), np.int64, len(pairs))
-            dst = np.fromiter((b for _, b in pairs), np.int64, len(pairs))
-            for name in SILENCE_COLUMNS:
-                self.table.cols[name][dst] = old.table.cols[name][src]
-        for p in sorted(set(sil.stream) | set(sil.heaps)):
-            sil.restore(self.table, p, sil.export_meta(p))  # heaps rebuilt over this table, same open episodes
-
-    def silence_evicted(self, rows: np.ndarray) -> None:
-        """Call before dropping rows of sensors for good (a sensor cap's eviction): the silence
-        tracker keeps their last-seen records, so a silent one stays known as silent."""
-        if self.silence is not None:
-            self.silence.evicted(self.table, rows)
-
-    def drop_partition(self, partition: int) -> int:
-        """Forget every sensor of a partition (it moved to another worker)."""
-        if self.silence is not None:
-            self.silence.drop_partition(partition)
-        rows = self.table.rows_of_partition(partition)
-        for r in rows:
-            sid = self.table.ids[r]
-            self.router.release(sid)
-        self.table.remove_rows(rows)
-        return len(rows)
