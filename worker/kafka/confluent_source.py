@@ -15,6 +15,7 @@ the same interface as :class:`worker.kafka.source.Source`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from worker.kafka.polled import OffsetAndMetadata, PartitionRecords, TopicPartition
@@ -163,10 +164,16 @@ class ConfluentSource:
     # ------------------------------------------------------------------ offsets
     def commit(self, offsets, sync: bool) -> None:
         """Commit ``{TopicPartition: OffsetAndMetadata}``; synchronous also when ``sync`` is false
-        (librdkafka may block inside a revocation, kafka-python's IO thread may not)."""
+        (librdkafka may block inside a revocation, kafka-python's IO thread may not).
+
+        librdkafka's synchronous commit waits for the group coordinator without a time limit (it
+        hangs through a broker outage), so it runs on a helper thread and raises ``TimeoutError``
+        after ``request_timeout_ms``: the coordinator commits again next round (the checkpoint holds the
+        offsets); the abandoned commit may still land later, with offsets no newer than that checkpoint."""
         ck = self.ck
         parts = [ck.TopicPartition(tp.topic, tp.partition, om.offset, metadata=om.metadata) for tp, om in offsets.items()]
-        done = self.consumer.commit(offsets=parts, asynchronous=False)
+        done = _bounded(lambda: self.consumer.commit(offsets=parts, asynchronous=False),
+                        self.settings.request_timeout_ms / 1000, "offset commit")
         bad = [p for p in done or () if p.error is not None]
         if bad:
             raise ck.KafkaException(bad[0].error)
@@ -182,6 +189,32 @@ class ConfluentSource:
             out[p] = high
         return out
 
-    def close(self, timeout_ms: int) -> None:  # noqa: ARG002 - librdkafka's close has no timeout
+    def close(self, timeout_ms: int) -> None:
+        """Leave the group; librdkafka's close has no time limit (it waits for the coordinator during an
+        outage), so it is given ``timeout_ms`` on a helper thread, then left behind."""
         if self.consumer is not None:
-            self.consumer.close()
+            try:
+                _bounded(self.consumer.close, timeout_ms / 1000, "consumer close")
+            except TimeoutError as e:
+                log.warning("%s; leaving without it", e)
+
+
+def _bounded(fn, timeout_s: float, what: str):
+    """``fn()`` on a daemon thread, waited for at most ``timeout_s``; its result, or its exception,
+    or ``TimeoutError`` (the call goes on in the background)."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["error"] = e
+
+    t = threading.Thread(target=run, name=f"slotwatch-{what.replace(' ', '-')}", daemon=True)
+    t.start()
+    t.join(max(0.1, timeout_s))
+    if t.is_alive():
+        raise TimeoutError(f"{what} did not complete within {timeout_s:.1f} s (broker unreachable?)")
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
