@@ -504,7 +504,7 @@ def report(res: dict) -> str:
                 "rounds n, max ms": f"{pr['rounds']['count']}, {pr['rounds']['max_ms']:.0f}",
                 "GC n, max ms": f"{pr['gc']['count']}, {pr['gc']['max_ms']:.1f}"})
     if rows:
-        lines += ["Where the time goes (probe): queued = stamped before the poll that took it began (the worker was busy); "
+        lines += ["Where the time goes (probe): queued = the worker's time outside poll calls between the stamp and the poll that took it (busy handling, checkpointing); "
                   "fetch = the rest until that poll returned (producer linger, broker, fetch wait, client parsing); "
                   "handle = its poll's decode, score, send, metrics.", "", md_table(rows, list(rows[0])), ""]
     lines += targets_md(res.get("targets", {}))

@@ -166,6 +166,14 @@ def main() -> int:
     install(os.environ["SLOTWATCH_BENCH_TRACE"])
     from worker.cli import main as cli
 
+    prof = os.environ.get("SLOTWATCH_BENCH_PROFILE")  # cProfile of the whole run, stats to this file
+    if not prof:
+        return cli(["run", *sys.argv[1:]])
+    import cProfile
+
+    p = cProfile.Profile()
+    atexit.register(lambda: p.dump_stats(prof))
+    p.enable()
     return cli(["run", *sys.argv[1:]])
 
 
