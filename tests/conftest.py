@@ -85,3 +85,17 @@ def artifact_1f_b(models_dir) -> Path:
     scaling = {f"s{i}": ({"mean": [0.05 * i], "std": [1.0 + 0.2 * i]} if i % 2 == 0 else {"mean": [0.1 * i], "std": [1.0 + 0.1 * i]})
                for i in range(10)}
     return make_artifact(models_dir, ["temp"], [16], seed=3, data_seed=7, version="test-temp-16-b", sensors_scaling=scaling)
+
+
+#: the worker's Kafka clients (SLOTWATCH_KAFKA__CLIENT); the confluent one when the package is there
+KAFKA_CLIENTS = ["kafka-python", pytest.param("confluent", marks=pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("confluent_kafka") is None, reason="confluent-kafka not installed"))]
+
+
+@pytest.fixture(params=KAFKA_CLIENTS)
+def kafka_client(request, monkeypatch) -> str:
+    """Runs a test once per Kafka client of the worker: sets SLOTWATCH_KAFKA__CLIENT in the
+    environment, which the worker's settings (in-process and in a subprocess: tests.worker_helpers.worker_env
+    copies os.environ) take up."""
+    monkeypatch.setenv("SLOTWATCH_KAFKA__CLIENT", request.param)
+    return request.param

@@ -19,6 +19,7 @@ from worker.codec import ReadingCodec, encode_episode, encode_reading, encode_sc
 from worker.core import artifact as art
 from worker.core.factory import detector_from_settings
 from worker.core.readings import Rejection, Score
+from worker.kafka.polled import from_kafka_python
 from worker.processing import PollProcessor
 from worker.settings import Settings
 
@@ -115,7 +116,7 @@ def test_poll_seam_messages_equal_the_per_reading_path(artifact_3f, publish):
     applied: dict = {}
     kinds, n_rejected, n_skipped = set(), 0, 0
     for batch in _polls(app.features):
-        res = proc.run_core(batch)
+        res = proc.run_core(from_kafka_python(batch))  # as the kafka-python source hands it over
         out, rejects, episodes = _reference(ref_codec, ref_det, settings, app.features, app.model_version, batch, applied)
         assert res.outputs == out
         assert _rej(res.rejects) == _rej(rejects)

@@ -66,7 +66,7 @@ class Worker:
         from worker.checkpointing.store import CheckpointStore
         from worker.core import artifact as art
         from worker.core.factory import detector_from_settings
-        from worker.kafka.source import Source
+        from worker.kafka.clients import make_source
         from worker.metrics import Metrics
         from worker.partitions import Partitions
         from worker.processing import PollProcessor
@@ -87,9 +87,10 @@ class Worker:
         m.slots_capacity.set(self.detector.slots)
         m.sensors_capacity.set(s.limits.max_sensors)
         self.health = None
-        self.source = Source(s.kafka)
-        self.sink = None  # worker.kafka.sink.Sink, once the brokers answer
-        self.plain_producer = None  # the sink's producer, or (exactly-once) the restore fence's
+        self.source = make_source(s.kafka)  # SLOTWATCH_KAFKA__CLIENT: kafka-python or confluent (worker.kafka.clients)
+        self.sink = None  # worker.kafka.sink.Sink (or ConfluentSink), once the brokers answer
+        # kafka-python's producer: the sink's, or (exactly-once) the restore fence's, or (client=confluent) the changelog's
+        self.plain_producer = None
         self.partitions = Partitions(self)
         self.checkpoints = CheckpointCoordinator(self, self.store)
         self.telemetry = Telemetry(self)
@@ -133,8 +134,7 @@ class Worker:
     # ------------------------------------------------------------------ run
     def _connect(self) -> bool:
         """Producer (the sink, the changelog) and consumer, retried with backoff; False when stopped meanwhile."""
-        from worker.kafka.clients import make_producer
-        from worker.kafka.sink import Sink
+        from worker.kafka.clients import make_producer, make_sink
 
         s = self.settings
         backoff = s.kafka.retry_backoff_ms / 1000
@@ -142,8 +142,11 @@ class Worker:
             try:
                 if self.sink is None:
                     txn = self._transactions() if s.kafka.exactly_once else None
-                    self.plain_producer = producer = make_producer(s.kafka, max_block_ms=10_000)
-                    if s.checkpoint.state_store != "local":  # issue 12: the state changelog
+                    changelog = s.checkpoint.state_store != "local"
+                    producer = None
+                    if s.kafka.client == "kafka-python" or changelog:  # confluent: the changelog keeps kafka-python's
+                        self.plain_producer = producer = make_producer(s.kafka, max_block_ms=10_000)
+                    if changelog:  # issue 12: the state changelog
                         from worker.kafka.changelog import ChangelogStore
 
                         self.checkpoints.changelog = ChangelogStore(s.kafka, producer, s.checkpoint.changelog_topic,
@@ -151,8 +154,8 @@ class Worker:
                                                                     writer_producer=txn)
                     if txn is not None:  # outputs and changelog rows in the round's transaction
                         self.checkpoints.attach_transactions(txn)
-                    self.sink = Sink(txn or producer, self.metrics, s.kafka.retry_backoff_ms / 1000,
-                                     on_outage=lambda: self.partitions.ready_checks(broker=False))
+                    self.sink = make_sink(s.kafka, txn or producer, self.metrics,
+                                          on_outage=lambda: self.partitions.ready_checks(broker=False))
                 self.source.connect()
             except Exception as e:  # noqa: BLE001 - NoBrokersAvailable and friends
                 log.warning("cannot reach the brokers at %s (%s); retrying in %.1f s", s.kafka.bootstrap_servers, e, backoff)
@@ -234,7 +237,8 @@ class Worker:
             self.source.close(timeout_ms=max(100, int((deadline - time.monotonic()) * 1000)))
         except Exception as e:  # noqa: BLE001
             log.warning("consumer close: %s", e)
-        for producer in (self.sink, self.plain_producer if self.settings.kafka.exactly_once else None):
+        own = self.plain_producer is not None and self.plain_producer is not getattr(self.sink, "producer", None)
+        for producer in (self.sink, self.plain_producer if own else None):
             try:
                 if producer is not None:
                     producer.close(timeout=max(0.1, deadline - time.monotonic()))

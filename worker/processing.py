@@ -49,7 +49,7 @@ class PollProcessor:
 
     # ------------------------------------------------------------------ the seam
     def run_core(self, batch) -> PollResult:
-        """Records of one poll ({TopicPartition: [records]}) -> columns, score columns, outputs, rejections.
+        """Records of one poll ({TopicPartition: PartitionRecords}, :mod:`worker.kafka.polled`) -> columns, score columns, outputs, rejections.
 
         Skips records already applied, and the partitions not (any more) ours; raises
         :class:`~worker.rewind.CoreFailure` when the core fails (no state of the poll is to be trusted).
@@ -69,33 +69,34 @@ class PollProcessor:
         res = PollResult()
         values, offsets, parts, counts = [], [], [], []
         early = []  # (partition, offset, Rejection, raw) of the poisoned offsets
-        for tp, records in batch.items():
+        for tp, pr in batch.items():  # pr: worker.kafka.polled.PartitionRecords (values, offsets)
             p = tp.partition
             if tp.topic != topic or p not in restored:
                 continue  # not ours (any more): not consumed, the next owner reads it
-            if not records:
+            offs = pr.offsets
+            if not offs:
                 continue
             last = applied.get(p, -1)
             if p not in checkpointed:
-                rw.origin.setdefault(p, records[0].offset)  # where a rewind without a checkpoint starts
-            res.consumed += len(records)
+                rw.origin.setdefault(p, offs[0])  # where a rewind without a checkpoint starts
+            res.consumed += len(offs)
             n0 = len(values)
-            if records[0].offset > last and not poison:  # the common case: nothing to skip
-                values.extend([rec.value for rec in records])
-                offsets.extend([rec.offset for rec in records])
-                last = records[-1].offset
+            if offs[0] > last and not poison:  # the common case: nothing to skip
+                values.extend(pr.values)
+                offsets.extend(offs)
+                last = offs[-1]
             else:
-                for rec in records:
-                    if rec.offset <= last:
+                for value, offset in zip(pr.values, offs):
+                    if offset <= last:
                         res.skipped += 1
                         continue
-                    last = rec.offset
-                    why = poison.get((p, rec.offset)) if poison else None
+                    last = offset
+                    why = poison.get((p, offset)) if poison else None
                     if why is not None:  # made the core fail before: dead letter, not applied
-                        early.append((p, rec.offset, Rejection("internal_error", why, None, p, rec.offset), rec.value))
+                        early.append((p, offset, Rejection("internal_error", why, None, p, offset), value))
                         continue
-                    values.append(rec.value)
-                    offsets.append(rec.offset)
+                    values.append(value)
+                    offsets.append(offset)
             parts.append(p)
             counts.append(len(values) - n0)
             applied[p] = last

@@ -84,8 +84,13 @@ def main(args: argparse.Namespace) -> int:
             return code
     from worker.app import Worker
 
+    from worker.kafka.confluent_config import ClientUnavailable
+
     try:
         worker = Worker(settings)
+    except ClientUnavailable as e:  # SLOTWATCH_KAFKA__CLIENT=confluent without confluent-kafka
+        log.error("%s", e)
+        return EXIT_CONFIG
     except ArtifactError as e:
         from worker.exits import model_error
 

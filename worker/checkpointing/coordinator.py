@@ -47,8 +47,6 @@ class Round:
     # step 2a: a copy of the state (on the consumer thread: the state moves on afterwards)
     def export_state(self) -> None:
         import numpy as np
-        from kafka import TopicPartition
-        from kafka.structs import OffsetAndMetadata
 
         from worker.checkpointing.format import Checkpoint
         from worker.core.handover import VERSION_COLUMN
@@ -70,7 +68,7 @@ class Round:
                     **det.silence_meta(p)}))
                 self.written[p] = nxt
             if c.committed.get(p) != nxt:
-                self.offsets[TopicPartition(app.topic, p)] = OffsetAndMetadata(nxt, f"slotwatch {version}", -1)
+                self.offsets[app.source.tp(p)] = app.source.offset(nxt, f"slotwatch {version}")
         self.export_s = time.perf_counter() - t0
 
     # step 2b: durable (on the writer thread for a background round)

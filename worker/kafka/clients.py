@@ -115,3 +115,30 @@ def ensure_topics(k: KafkaSettings, topics: dict[str, int], replication: int = 1
         return [t.name for t in new]
     finally:
         admin.close()
+
+
+# ---------------------------------------------------------------------- the worker's client (issue 11)
+def make_source(k: KafkaSettings):
+    """The worker's source for ``SLOTWATCH_KAFKA__CLIENT``: kafka-python's :class:`~worker.kafka.source.Source`
+    or :class:`~worker.kafka.confluent_source.ConfluentSource` (raises ``ClientUnavailable`` without the package)."""
+    if k.client == "confluent":
+        from worker.kafka.confluent_source import ConfluentSource
+
+        return ConfluentSource(k)
+    from worker.kafka.source import Source
+
+    return Source(k)
+
+
+def make_sink(k: KafkaSettings, producer, metrics, on_outage=None):
+    """The worker's sink: over ``producer`` (kafka-python's, or exactly-once's transactional round) by default;
+    over a new librdkafka producer with ``client=confluent`` (``producer`` is then not used)."""
+    backoff = k.retry_backoff_ms / 1000
+    if k.client == "confluent":
+        from worker.kafka.confluent_config import producer_config, require_confluent
+        from worker.kafka.confluent_sink import ConfluentSink
+
+        return ConfluentSink(require_confluent().Producer(producer_config(k)), metrics, backoff, on_outage=on_outage)
+    from worker.kafka.sink import Sink
+
+    return Sink(producer, metrics, backoff, on_outage=on_outage)

@@ -131,10 +131,7 @@ class Sink:
         backoff = self.retry_backoff_s
         while True:
             wait = 10.0 if deadline is None else max(0.1, min(10.0, deadline - time.monotonic()))
-            try:
-                self.producer.flush(timeout=wait)
-            except Exception as e:  # noqa: BLE001 - KafkaTimeoutError
-                log.warning("flush did not complete: %s", e)
+            self._flush_producer(wait)
             self.publish_counts()
             left = self.unacknowledged
             if not left:
@@ -150,17 +147,26 @@ class Sink:
             with self._lock:
                 retry, self._retry = self._retry, []
             for msg in retry:
-                try:
-                    fut = self.producer.send(msg[0], key=msg[1], value=msg[2], headers=msg[3])
-                except Exception as e:  # noqa: BLE001
-                    log.warning("re-send to %s failed (%s)", msg[0], e)
-                    with self._lock:
-                        self._retry.append(msg)
-                    continue
-                with self._lock:
-                    self.sent += 1
-                fut.add_callback(self._ok_for(msg[4]))
-                fut.add_errback(functools.partial(self._failed, msg))
+                self._send_again(msg)
+
+    def _flush_producer(self, wait: float) -> None:
+        try:
+            self.producer.flush(timeout=wait)
+        except Exception as e:  # noqa: BLE001 - KafkaTimeoutError
+            log.warning("flush did not complete: %s", e)
+
+    def _send_again(self, msg: Message) -> None:
+        try:
+            fut = self.producer.send(msg[0], key=msg[1], value=msg[2], headers=msg[3])
+        except Exception as e:  # noqa: BLE001
+            log.warning("re-send to %s failed (%s)", msg[0], e)
+            with self._lock:
+                self._retry.append(msg)
+            return
+        with self._lock:
+            self.sent += 1
+        fut.add_callback(self._ok_for(msg[4]))
+        fut.add_errback(functools.partial(self._failed, msg))
 
     def reset(self) -> None:
         """Exactly-once, after an aborted transaction: its outputs are gone (the replay sends them again)."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+from worker.kafka.polled import OffsetAndMetadata, TopicPartition, from_kafka_python
+
 log = logging.getLogger("slotwatch.worker")
 
 
@@ -32,14 +34,17 @@ class Source:
         self.consumer.subscribe([self.topic], listener=_listener(lifecycle, on_fatal))
 
     def poll(self) -> dict:
-        """{TopicPartition: [records]} of one poll (empty when nothing came within the poll timeout)."""
+        """{TopicPartition: PartitionRecords} of one poll (empty when nothing came within the poll timeout)."""
         k = self.settings
-        return self.consumer.poll(timeout_ms=k.poll_timeout_ms, max_records=k.max_poll_records)
+        return from_kafka_python(self.consumer.poll(timeout_ms=k.poll_timeout_ms, max_records=k.max_poll_records))
 
     def tp(self, partition: int):
-        from kafka import TopicPartition
-
         return TopicPartition(self.topic, partition)
+
+    @staticmethod
+    def offset(next_offset: int, metadata: str):
+        """What :meth:`commit` takes per partition: the next offset to read and its metadata."""
+        return OffsetAndMetadata(next_offset, metadata, -1)
 
     def assigned(self) -> set[int]:
         """Partitions of the readings topic assigned to this consumer (empty when unknown)."""

@@ -1,0 +1,187 @@
+"""The consumer side of the worker with confluent-kafka (librdkafka), ``SLOTWATCH_KAFKA__CLIENT=confluent``:
+the same interface as :class:`worker.kafka.source.Source`.
+
+* :meth:`ConfluentSource.poll` is one ``consume(num_messages=max_poll_records)`` grouped into
+  ``{TopicPartition: PartitionRecords}`` (:mod:`worker.kafka.polled`): two list appends per
+  message, no Python object per message;
+* the group's rebalance callbacks run inside ``consume()`` on the worker's loop thread (as
+  kafka-python's listener runs inside ``poll()``) and call ``lifecycle.assigned/revoked``; a
+  seek or pause the lifecycle asks for while partitions are being assigned is applied with the
+  assignment itself (librdkafka cannot seek a partition before it is assigned);
+* commits are synchronous with explicit offsets (``enable.auto.commit=false``), also inside a
+  revocation (librdkafka allows it there: the partitions are still ours).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from worker.kafka.polled import OffsetAndMetadata, PartitionRecords, TopicPartition
+
+log = logging.getLogger("slotwatch.worker")
+
+
+class ConfluentSource:
+    """The readings topic, read by one librdkafka consumer of the group."""
+
+    def __init__(self, kafka_settings, consumer=None) -> None:
+        from worker.kafka.confluent_config import require_confluent
+
+        self.ck = require_confluent()
+        self.settings = kafka_settings
+        self.topic = kafka_settings.readings_topic
+        self.consumer = consumer
+        self._assigning: dict | None = None  # inside on_assign: partition -> offset to start at (seek)
+        self._pause_after: list = []  # inside on_assign: partitions to pause once assigned
+        self._owned: set[int] = set()  # partitions of the current assignment (kept by the callbacks)
+        self._errors_logged: dict = {}  # error code -> monotonic time it was last logged
+
+    def connect(self) -> None:
+        if self.consumer is None:
+            from worker.kafka.confluent_config import consumer_config
+
+            self.consumer = self.ck.Consumer(consumer_config(self.settings))
+
+    # ------------------------------------------------------------------ the group
+    def subscribe(self, lifecycle, on_fatal) -> None:
+        """Join the group; rebalances call ``lifecycle.assigned/revoked`` (inside :meth:`poll`)."""
+        from worker.partitions import FatalCheckpointError
+
+        def on_assign(consumer, parts):
+            tps = [TopicPartition(p.topic, p.partition) for p in parts]
+            self._owned |= {tp.partition for tp in tps if tp.topic == self.topic}
+            self._assigning, self._pause_after = {}, []
+            try:
+                lifecycle.assigned(tps)
+            except Exception as e:  # noqa: BLE001 - as kafka-python's listener: stop the worker (exit 3)
+                log.exception("restoring partitions %s failed", sorted(tp.partition for tp in tps))
+                on_fatal(FatalCheckpointError(f"restoring partitions failed: {e}"))
+            finally:
+                start, self._assigning = self._assigning, None
+                invalid = self.ck.OFFSET_INVALID  # the committed offset (or auto.offset.reset)
+                consumer.assign([self.ck.TopicPartition(p.topic, p.partition, start.get(p.partition, invalid)) for p in parts])
+                if self._pause_after:
+                    consumer.pause([self._ck_tp(tp) for tp in self._pause_after])
+
+        def on_revoke(consumer, parts):
+            tps = [TopicPartition(p.topic, p.partition) for p in parts]
+            try:
+                lifecycle.revoked(tps)
+            finally:
+                self._owned -= {tp.partition for tp in tps}
+
+        def on_lost(consumer, parts):
+            tps = [TopicPartition(p.topic, p.partition) for p in parts]
+            try:
+                lifecycle.revoked(tps, lost=True)
+            finally:
+                self._owned -= {tp.partition for tp in tps}
+
+        self.consumer.subscribe([self.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
+
+    # ------------------------------------------------------------------ reading
+    def poll(self) -> dict:
+        """{TopicPartition: PartitionRecords} of one ``consume()`` (empty when nothing came in time)."""
+        k = self.settings
+        msgs = self.consumer.consume(num_messages=k.max_poll_records, timeout=k.poll_timeout_ms / 1000)
+        if not msgs:
+            return {}
+        by: dict[int, PartitionRecords] = {}
+        cur = -1
+        add_value = add_offset = None
+        for m in msgs:
+            if m.error() is not None:
+                self._error(m.error())
+                continue
+            p = m.partition()
+            if p != cur:  # consume() hands out runs of one partition: switch lists only between runs
+                pr = by.get(p)
+                if pr is None:
+                    pr = by[p] = PartitionRecords([], [])
+                add_value, add_offset, cur = pr.values.append, pr.offsets.append, p
+            add_value(m.value())
+            add_offset(m.offset())
+        topic = self.topic
+        return {TopicPartition(topic, p): pr for p, pr in by.items()}
+
+    def _error(self, err) -> None:
+        """A message that is an error: end of partition is ignored, a fatal error raises (the loop
+        retries the poll with backoff), others are logged (librdkafka retries them itself)."""
+        if err.code() == self.ck.KafkaError._PARTITION_EOF:
+            return
+        if err.fatal():
+            raise self.ck.KafkaException(err)
+        now = time.monotonic()
+        if now - self._errors_logged.get(err.code(), -1e9) > 10.0:
+            self._errors_logged[err.code()] = now
+            log.warning("consumer error: %s", err.str())
+
+    # ------------------------------------------------------------------ partitions
+    def _ck_tp(self, tp, offset=None):
+        if offset is None:
+            return self.ck.TopicPartition(tp.topic, tp.partition)
+        return self.ck.TopicPartition(tp.topic, tp.partition, offset)
+
+    def tp(self, partition: int):
+        return TopicPartition(self.topic, partition)
+
+    @staticmethod
+    def offset(next_offset: int, metadata: str):
+        return OffsetAndMetadata(next_offset, metadata, -1)
+
+    def assigned(self) -> set[int]:
+        """Partitions of the readings topic assigned to this consumer (empty when unknown)."""
+        return set(self._owned) if self.consumer is not None else set()
+
+    def assignment(self) -> set:
+        return {TopicPartition(self.topic, p) for p in self._owned}
+
+    def pause(self, *tps) -> None:
+        if self._assigning is not None:
+            self._pause_after.extend(tps)
+        else:
+            self.consumer.pause([self._ck_tp(tp) for tp in tps])
+
+    def resume(self, *tps) -> None:
+        self.consumer.resume([self._ck_tp(tp) for tp in tps])
+
+    def seek(self, tp, offset: int) -> None:
+        if self._assigning is not None:  # inside on_assign: the assignment starts there
+            self._assigning[tp.partition] = offset
+            return
+        deadline = time.monotonic() + 5.0
+        while True:  # a partition assigned a moment ago may not fetch yet ("Erroneous state"): wait a little
+            try:
+                self.consumer.seek(self._ck_tp(tp, offset))
+                return
+            except self.ck.KafkaException as e:
+                if e.args[0].code() != self.ck.KafkaError._STATE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    # ------------------------------------------------------------------ offsets
+    def commit(self, offsets, sync: bool) -> None:
+        """Commit ``{TopicPartition: OffsetAndMetadata}``; synchronous also when ``sync`` is false
+        (librdkafka may block inside a revocation, kafka-python's IO thread may not)."""
+        ck = self.ck
+        parts = [ck.TopicPartition(tp.topic, tp.partition, om.offset, metadata=om.metadata) for tp, om in offsets.items()]
+        done = self.consumer.commit(offsets=parts, asynchronous=False)
+        bad = [p for p in done or () if p.error is not None]
+        if bad:
+            raise ck.KafkaException(bad[0].error)
+
+    def end_offsets(self, partitions) -> dict[int, int]:
+        """partition -> end offset; with no partitions, still touches the cluster (raises when unreachable)."""
+        if not partitions:
+            self.consumer.list_topics(self.topic, timeout=2.0)
+            return {}
+        out = {}
+        for p in partitions:
+            _low, high = self.consumer.get_watermark_offsets(self._ck_tp(self.tp(p)), timeout=2.0)
+            out[p] = high
+        return out
+
+    def close(self, timeout_ms: int) -> None:  # noqa: ARG002 - librdkafka's close has no timeout
+        if self.consumer is not None:
+            self.consumer.close()
