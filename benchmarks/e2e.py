@@ -279,10 +279,10 @@ def _bare_latencies(ctx: dict, client: str, rates: list[float], gen: dict) -> li
     from worker.settings import KafkaSettings
 
     d, b, sensors, secs = ctx["dir"], ctx["bootstrap"], ctx["lat_sensors"], ctx["latency_s"]
-    topic = f"bench-bare-{client}.readings"
-    ensure_topics(KafkaSettings(bootstrap_servers=b), {topic: 4})
     out = []
-    for rate in rates:
+    for i, rate in enumerate(rates):
+        topic = f"bench-bare-{client}-{i}.readings"  # fresh per rate (see run)
+        ensure_topics(KafkaSettings(bootstrap_servers=b), {topic: 4})
         n = int(rate * secs)
         print(f"bare latency [{client}]: {n:,} readings at {rate:,.0f}/s", flush=True)
         res, ready = d / f"bare-{client}-{rate:.0f}.json", d / f"bare-{client}-{rate:.0f}.ready"
@@ -383,24 +383,27 @@ def run(readings: int, sensors: int, latency_s: float, progress: bool = True, cl
                 rs = [half / 2 if r == "half" else float(r) for r in rates if r != "half" or half]
                 if not rs:
                     continue
-                lt = topics_of(f"lat-{client}-{vname}")
-                port = free_port()
-                trace = d / f"trace-{client}-{vname}.npz"
-                proc = _start_worker(broker.bootstrap, lt, model, d / f"ck-lat-{client}-{vname}", port, publish_scores,
-                                     d / "worker-lat.log", argv=["benchmarks.e2e_probe"],
-                                     SLOTWATCH_BENCH_TRACE=str(trace), **env)
-                try:
-                    _wait_ready(proc, port)
-                    runs = _latency_runs(ctx, lt, proc, port, rs, gen, key)
-                finally:
-                    _stop(proc)
-                for r in runs:
+                runs = []
+                for i, rate in enumerate(rs):  # a fresh worker on fresh topics per rate: the test broker's
+                    # fetches cost more the more a partition holds, so a run must not inherit the last one's
+                    lt = topics_of(f"lat-{client}-{vname}-{i}")
+                    port = free_port()
+                    trace = d / f"trace-{client}-{vname}-{i}.npz"
+                    proc = _start_worker(broker.bootstrap, lt, model, d / f"ck-lat-{client}-{vname}-{i}", port,
+                                         publish_scores, d / "worker-lat.log", argv=["benchmarks.e2e_probe"],
+                                         SLOTWATCH_BENCH_TRACE=str(trace), **env)
+                    try:
+                        _wait_ready(proc, port)
+                        r = _latency_runs(ctx, lt, proc, port, [rate], gen, key)[0]
+                    finally:
+                        _stop(proc)
                     try:
                         r["probe"] = analyse(str(trace), r["since_ms"], r["until_ms"])
                     except (OSError, KeyError, ValueError) as e:
                         r["probe"] = {"error": str(e)}
                     if publish_scores:
                         r["scores_topic"] = scores_latency(broker.bootstrap, lt["scores"], r["since_ms"], r["until_ms"])
+                    runs.append(r)
                 res["latency"][key] = runs
                 if vname == "default":
                     res["bare_latency"][client] = _bare_latencies(ctx, client, rs, gen)
@@ -502,6 +505,8 @@ def report(res: dict) -> str:
                 "handle ms p50/p99/max": "{:.1f} / {:.1f} / {:.0f}".format(*pr["handle_ms"].values()),
                 "loop: poll/handle/rounds": "{:.0%} / {:.0%} / {:.1%}".format(*pr["loop_share"].values()),
                 "rounds n, max ms": f"{pr['rounds']['count']}, {pr['rounds']['max_ms']:.0f}",
+                "end-offset probes n, max ms": f"{pr.get('broker_probes', {}).get('count', 0)}, "
+                                               f"{pr.get('broker_probes', {}).get('max_ms', 0):.0f}",
                 "GC n, max ms": f"{pr['gc']['count']}, {pr['gc']['max_ms']:.1f}"})
     if rows:
         lines += ["Where the time goes (probe): queued = the worker's time outside poll calls between the stamp and the poll that took it (busy handling, checkpointing); "

@@ -39,6 +39,7 @@ def install(path: str) -> None:
     stamps: list[np.ndarray] = []  # per handled poll: ts_ms of the readings scored
     rounds: list[tuple] = []  # (began, returned) of maybe_round calls that took > 0.2 ms
     gcs: list[tuple] = []  # (began, seconds, generation)
+    probes: list[tuple] = []  # (began, returned) of the broker probes (Telemetry.maybe_probe)
     last = {"poll": (0.0, 0.0), "ts": None, "gc": 0.0}
 
     init0 = wa.Worker.__init__
@@ -88,6 +89,18 @@ def install(path: str) -> None:
             rounds.append((t0, t1))
 
     wc.CheckpointCoordinator.maybe_round = maybe_round
+    import worker.telemetry as wt
+
+    probe0 = wt.Telemetry.maybe_probe
+
+    def maybe_probe(self, *a, **kw):  # every 5 s: end offsets from the broker, on the consumer's thread
+        t0 = time.time()
+        probe0(self, *a, **kw)
+        t1 = time.time()
+        if t1 - t0 > 2e-4:
+            probes.append((t0, t1))
+
+    wt.Telemetry.maybe_probe = maybe_probe
 
     def on_gc(phase, info):
         if phase == "start":
@@ -101,7 +114,8 @@ def install(path: str) -> None:
         np.savez(path, calls=np.asarray(calls, np.float64).reshape(-1, 2), polls=np.asarray(polls, np.float64).reshape(-1, 5),
                  counts=np.asarray([len(s) for s in stamps], np.int64),
                  ts_ms=np.concatenate(stamps) if stamps else np.zeros(0, np.int64),
-                 rounds=np.asarray(rounds, np.float64).reshape(-1, 2), gcs=np.asarray(gcs, np.float64).reshape(-1, 3))
+                 rounds=np.asarray(rounds, np.float64).reshape(-1, 2),
+                 probes=np.asarray(probes, np.float64).reshape(-1, 2), gcs=np.asarray(gcs, np.float64).reshape(-1, 3))
 
     atexit.register(dump)
 
@@ -142,6 +156,8 @@ def analyse(path: str, since_ms: float, until_ms: float) -> dict:
     sel = polls[used]
     rounds = z["rounds"]
     rounds = rounds[(rounds[:, 0] >= w0) & (rounds[:, 0] <= w1)]
+    pb = z["probes"] if "probes" in z else np.zeros((0, 2))
+    pb = pb[(pb[:, 0] >= w0) & (pb[:, 0] <= w1)]
     gcs = z["gcs"]
     gcs = gcs[(gcs[:, 0] >= w0) & (gcs[:, 0] <= w1)]
     hd = (sel[:, 3] - sel[:, 2]) * 1000
@@ -157,6 +173,7 @@ def analyse(path: str, since_ms: float, until_ms: float) -> dict:
         "loop_share": {"in_poll": float((sel[:, 1] - sel[:, 0]).sum() / wall), "handle": float(hd.sum() / 1000 / wall),
                        "checkpoint_rounds": float((rounds[:, 1] - rounds[:, 0]).sum() / wall)},
         "rounds": {"count": int(len(rounds)), "max_ms": float((rounds[:, 1] - rounds[:, 0]).max() * 1000) if len(rounds) else 0.0},
+        "broker_probes": {"count": int(len(pb)), "max_ms": float((pb[:, 1] - pb[:, 0]).max() * 1000) if len(pb) else 0.0},
         "gc": {"count": int(len(gcs)), "total_ms": float(gcs[:, 1].sum() * 1000), "max_ms": float(gcs[:, 1].max() * 1000) if len(gcs) else 0.0,
                "gen2": int((gcs[:, 2] == 2).sum())},
     }
