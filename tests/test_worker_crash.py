@@ -36,7 +36,7 @@ N_SENSORS, STEPS, PARTITIONS, SLOTS, KILLS = 500, 100, 4, 128, 5
 _scrape = scrape_labeled  # name{labels} -> value from the worker's /metrics (empty when it is not up)
 
 
-def test_kill_9_at_random_moments_loses_nothing_applies_nothing_twice(kafka_broker, artifact_1f, tmp_path):
+def test_kill_9_at_random_moments_loses_nothing_applies_nothing_twice(kafka_broker, kafka_client, artifact_1f, tmp_path):
     rng = random.Random(4)
     ids = [f"s{i}" for i in range(N_SENSORS)]
     data = sine_fleet(N_SENSORS, STEPS, 1, seed=21)

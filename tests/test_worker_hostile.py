@@ -69,7 +69,7 @@ def _counts(m):
             rejected, m.get("slotwatch_readings_skipped_total", 0))
 
 
-def test_hostile_messages_survive_kill_9_and_change_nothing(kafka_broker, artifact_1f, tmp_path):
+def test_hostile_messages_survive_kill_9_and_change_nothing(kafka_broker, kafka_client, artifact_1f, tmp_path):
     ids = [f"s{i}" for i in range(6)] + ["fresh-1"]
     data = sine_fleet(len(ids), 30, 1, seed=31)
     phase1 = fleet_messages(data[:, :10], ids, ["temp"])

@@ -37,7 +37,7 @@ def _fleet(n=8, steps=40, seed=5, spike=True):
     return data, [f"s{i}" for i in range(n)]
 
 
-def test_end_to_end_scores_equal_replay(kafka_broker, art1, artifact_1f, tmp_path):
+def test_end_to_end_scores_equal_replay(kafka_broker, kafka_client, art1, artifact_1f, tmp_path):
     from worker.replay import replay_detector, replay_frame
 
     data, ids = _fleet()
@@ -46,6 +46,7 @@ def test_end_to_end_scores_equal_replay(kafka_broker, art1, artifact_1f, tmp_pat
     kafka_broker.produce(topics["readings"], msgs, partition_by_index(2))
     s = worker_settings(kafka_broker, topics, artifact_1f, tmp_path / "ck", episodes={"publish_readings": True})
     w = RunningWorker(s, artifact=art1)
+    assert type(w.worker.source).__name__ == {"kafka-python": "Source", "confluent": "ConfluentSource"}[kafka_client]
     w.wait_consumed(len(msgs))
     assert w.stop() == 0
     got = _scores(kafka_broker.read_all(topics["scores"], expect=len(msgs)))
@@ -145,7 +146,7 @@ def _bad_messages() -> list[tuple[bytes | None, bytes, str]]:
     ]
 
 
-def test_bad_input_goes_to_dead_letter_and_worker_carries_on(kafka_broker, art1, artifact_1f, tmp_path, caplog):
+def test_bad_input_goes_to_dead_letter_and_worker_carries_on(kafka_broker, kafka_client, art1, artifact_1f, tmp_path, caplog):
     from prometheus_client.parser import text_string_to_metric_families
 
     caplog.set_level("DEBUG", logger="slotwatch.worker")
@@ -208,7 +209,7 @@ def test_bad_input_goes_to_dead_letter_and_worker_carries_on(kafka_broker, art1,
         (k.decode(), json.loads(v)["ts"]) for k, v in good1 + good2}
 
 
-def test_restart_resumes_from_checkpoint(kafka_broker, art1, artifact_1f, tmp_path):
+def test_restart_resumes_from_checkpoint(kafka_broker, kafka_client, art1, artifact_1f, tmp_path):
     data, ids = _fleet(n=12, steps=30, seed=11)
     topics = kafka_broker.topics("restart", partitions=3)
     part = partition_by_index(3)
@@ -285,7 +286,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(kafka_broker, art1, ar
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_partitions_move_between_two_workers_without_loss(kafka_broker, art1, artifact_1f, tmp_path):
+def test_partitions_move_between_two_workers_without_loss(kafka_broker, kafka_client, art1, artifact_1f, tmp_path):
     """A second worker joins (rebalance: revoke -> checkpoint+commit -> assign -> restore), then the
     first leaves; the state that ends up in the checkpoints equals one uninterrupted run."""
     import time

@@ -38,7 +38,7 @@ def _wait(cond, timeout: float, what: str) -> None:
 
 
 @pytest.mark.skipif(bool(os.environ.get("SLOTWATCH_TEST_BOOTSTRAP")), reason="pauses its own embedded broker")
-def test_broker_outage_readiness_goes_false_and_nothing_is_lost(artifact_1f, tmp_path):
+def test_broker_outage_readiness_goes_false_and_nothing_is_lost(kafka_client, artifact_1f, tmp_path):
     from worker.kafka.embedded import EmbeddedBroker
 
     a = art.load(artifact_1f)
@@ -88,7 +88,7 @@ def test_checkpoint_of_a_model_with_other_features_is_refused(kafka_broker, arti
 
 
 @pytest.mark.skipif(bool(os.environ.get("SLOTWATCH_TEST_BOOTSTRAP")), reason="pauses its own embedded broker")
-def test_stop_during_an_outage_checkpoints_and_exits_within_the_grace_period(artifact_1f, tmp_path):
+def test_stop_during_an_outage_checkpoints_and_exits_within_the_grace_period(kafka_client, artifact_1f, tmp_path):
     from worker.checkpointing.store import CheckpointStore
     from worker.kafka.embedded import EmbeddedBroker
 

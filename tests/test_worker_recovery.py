@@ -46,7 +46,7 @@ def _wait(worker, n, timeout=120):
     raise AssertionError("worker did not get through the stream")
 
 
-def test_a_reading_that_makes_the_core_fail_is_isolated_and_nothing_else_changes(kafka_broker, artifact_1f, tmp_path):
+def test_a_reading_that_makes_the_core_fail_is_isolated_and_nothing_else_changes(kafka_broker, kafka_client, artifact_1f, tmp_path):
     from worker.app import Worker
 
     ids = [f"s{i}" for i in range(4)]

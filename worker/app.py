@@ -3,7 +3,8 @@ with per-partition checkpoints so that a crash loses nothing and applies nothing
 
 :class:`Worker` builds the pieces and wires them; each is its own module:
 
-* source (:mod:`worker.kafka.source`): a kafka-python consumer in a group, manual commits;
+* source (:mod:`worker.kafka.source`): a kafka-python consumer in a group, manual commits (or, with
+  ``SLOTWATCH_KAFKA__CLIENT=confluent``, :mod:`worker.kafka.confluent_source`; the sink likewise);
 * processing (:mod:`worker.processing`): one poll's records -> codec (:mod:`worker.codec`) ->
   core (:class:`~worker.core.detector.SlotDetector`, one call per poll: a poll's readings
   become ticks of at most B sensors) -> outputs (:mod:`worker.outputs`) -> metrics; the rewind
