@@ -166,9 +166,14 @@ def bare_latency(bootstrap: str, topic: str, client: str, seconds_quiet: float, 
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
         c.assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
 
-        def poll():
-            return [m.value() for m in c.consume(num_messages=k.max_poll_records, timeout=k.poll_timeout_ms / 1000)
-                    if m.error() is None]
+        def poll():  # as the worker's ConfluentSource.poll: what is queued, else wait for one and take what came
+            n = k.max_poll_records
+            msgs = c.consume(num_messages=n, timeout=0)
+            if not msgs:
+                msgs = c.consume(num_messages=1, timeout=k.poll_timeout_ms / 1000)
+                if msgs and n > 1:
+                    msgs += c.consume(num_messages=n - 1, timeout=0)
+            return [m.value() for m in msgs if m.error() is None]
     else:
         from kafka import KafkaConsumer, TopicPartition
 
