@@ -179,7 +179,8 @@ def analyse(path: str, since_ms: float, until_ms: float) -> dict:
     }
 
 
-def main() -> int:
+def run_worker() -> int:
+    """`slotwatch run` with the wrappers (not a suite: writes no results, only the trace)."""
     install(os.environ["SLOTWATCH_BENCH_TRACE"])
     from worker.cli import main as cli
 
@@ -195,4 +196,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_worker())
