@@ -149,9 +149,10 @@ def produce_at_rate(bootstrap: str, topic: str, rate: float, n: int, sensors: in
 
 # ---------------------------------------------------------------- the bare consumer's latency
 def bare_latency(bootstrap: str, topic: str, client: str, seconds_quiet: float, expect: int, out: str,
-                 ready: str) -> None:
+                 ready: str, group: bool = False) -> None:
     """Read the feed from its end, ``json.loads`` each reading, latency = now - ts; stop after
-    ``expect`` readings or ``seconds_quiet`` without any.  Touches ``ready`` once positioned."""
+    ``expect`` readings or ``seconds_quiet`` without any.  Touches ``ready`` once positioned.
+    ``group``: a consumer-group member (subscribe, as the worker) instead of an assigned consumer."""
     from worker.settings import KafkaSettings
 
     k = KafkaSettings()
@@ -177,10 +178,17 @@ def bare_latency(bootstrap: str, topic: str, client: str, seconds_quiet: float, 
     else:
         from kafka import KafkaConsumer, TopicPartition
 
-        c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=f"bare-{os.getpid()}" if group else None,
+                          enable_auto_commit=False, auto_offset_reset="latest",
                           fetch_max_wait_ms=k.fetch_max_wait_ms, max_poll_records=k.max_poll_records)
-        c.assign([TopicPartition(topic, p) for p in c.partitions_for_topic(topic)])
-        c.seek_to_end()
+        if group:
+            c.subscribe([topic])
+            deadline = time.monotonic() + 60
+            while not c.assignment() and time.monotonic() < deadline:
+                c.poll(timeout_ms=100)
+        else:
+            c.assign([TopicPartition(topic, p) for p in c.partitions_for_topic(topic)])
+            c.seek_to_end()
         for tp in c.assignment():
             c.position(tp)  # resolve the end now, not at the first poll
 
@@ -189,7 +197,7 @@ def bare_latency(bootstrap: str, topic: str, client: str, seconds_quiet: float, 
                     for r in recs]
     poll()
     open(ready, "w").close()
-    cpu0 = time.process_time()
+    cpu0, t_last = time.process_time(), time.monotonic()  # quiet is counted from ready (a group join takes seconds)
     while got < expect and time.monotonic() - t_last < seconds_quiet:
         vals = poll()
         if not vals:
