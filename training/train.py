@@ -60,7 +60,7 @@ class TrainConfig:
     flat_window: int = 8  # stuck-sensor check on (> 0) or off (0); stillness is judged against each sensor's own history
     level_window: int = 8  # level channel EWMA window (0 = off); see worker.core.adaptive
     feature_scales: bool = True  # calibrate the level channel's scale per feature (else one for all, as before)
-    level_passes: int = 0  # re-calibrate the level scales this many times on a pass that freezes while flagged, as live (0 = off)
+    level_passes: int = 8  # at most this many re-calibrations of the level scales on a pass that freezes while flagged, as live (stops at < 1% change; 0 = off)
     accept_after: int = 600  # horizon used for the validation metrics (the worker's is SLOTWATCH_SCORING__ACCEPT_AFTER)
     jitter: float = 1.0  # scaling jitter per sensor and epoch (offset sd; log-scale sd is half of it)
     min_delta: float = 0.002  # relative val_loss improvement that counts
@@ -395,16 +395,25 @@ def calibrate(net, fleet: Fleet, cfg: TrainConfig) -> tuple[object, dict, dict]:
     calib.flat_limit = 0.0
     adapt = AdaptParams(accept_after=cfg.accept_after, level_window=calib.level_window, level_scale=level_scale,
                         level_scales=tuple(calib.level_feature_scale))
-    for _ in range(cfg.level_passes if level_scale > 0 else 0):
+    for n_pass in range(1, 1 + (cfg.level_passes if level_scale > 0 else 0)):
         # the pass above learned from every reading; live, the level statistics freeze while a sensor is
-        # flagged, so the same rule is applied to the level z of a pass that scores as the live scorer does
+        # flagged, so the same rule is applied to the level z of a pass that scores as the live scorer does.
+        # A larger scale flags less, so freezes less, so sees a smaller z: the plain iteration can swing
+        # between two scales; the geometric mean of the old and the new scale converges to the fixed point.
         res = cal.run_adaptive(params, adapt, err, fleet.x, fleet.raw, valid, level_on=True, flat_on=cfg.flat_window > 0,
                                with_level=True)
         z_live = res[5][mask & ~res[2]]
-        level_scale = cal.pick_level_scale(z_live.max(axis=-1), thr, len(fleet.features), cfg.false_alarm_rate)
+        new_scale = cal.pick_level_scale(z_live.max(axis=-1), thr, len(fleet.features), cfg.false_alarm_rate)
+        old = np.array([level_scale, *calib.level_feature_scale])
+        level_scale = float(np.sqrt(level_scale * new_scale))
         if calib.level_feature_scale:
-            calib.level_feature_scale = cal.pick_feature_scales(z_live, thr, cfg.false_alarm_rate)
+            new_f = cal.pick_feature_scales(z_live, thr, cfg.false_alarm_rate)
+            calib.level_feature_scale = [float(np.sqrt(a * b)) for a, b in zip(calib.level_feature_scale, new_f)]
         adapt = replace(adapt, level_scale=level_scale, level_scales=tuple(calib.level_feature_scale))
+        log.info("level calibration, live pass %d: scale %.3f, per feature %s", n_pass, level_scale,
+                 [round(v, 3) for v in calib.level_feature_scale])
+        if np.all(np.abs(np.array([level_scale, *calib.level_feature_scale]) / old - 1.0) < 0.01):
+            break
     calib.level_scale = level_scale
     score, flag, warming, _, accepted = cal.run_adaptive(params, adapt, err, fleet.x, fleet.raw, valid,
                                                          level_on=level_scale > 0, flat_on=cfg.flat_window > 0)
