@@ -102,12 +102,14 @@ def pick_threshold(normal_scores: np.ndarray, false_alarm_rate: float, floor: fl
 
 
 def run_adaptive(p: ScorerParams, a, err: np.ndarray, xs: np.ndarray, raw: np.ndarray, valid: np.ndarray,
-                 level_on: bool, flat_on: bool, threshold: float | None = None):
+                 level_on: bool, flat_on: bool, threshold: float | None = None, with_level: bool = False):
     """Score (S, T) readings with every channel of the core (:func:`worker.core.adaptive.score_tick`),
     reading by reading from a fresh state, as the detector does for sensors seen in training.
 
     ``xs`` (S, T, F) scaled and ``raw`` (S, T, F) original readings.  Returns
-    ``(score, flag, warming, tail, accepted)``, each (S, T).
+    ``(score, flag, warming, tail, accepted)``, each (S, T); with ``with_level`` also the
+    (S, T, F) raw level z per feature (scale 1) against the statistics as this pass left them
+    (frozen while flagged, as live): the live-matched level calibration (``training.train``).
     """
     from worker.core import adaptive
 
@@ -121,17 +123,25 @@ def run_adaptive(p: ScorerParams, a, err: np.ndarray, xs: np.ndarray, raw: np.nd
     out = {k: np.zeros((s_, t_), bool) for k in ("flag", "warming", "accepted")}
     score = np.zeros((s_, t_))
     tail = np.ones((s_, t_))
+    z = np.zeros((s_, t_, f_)) if with_level else None
     for t in range(t_):
         live = valid[:, t]
+        if with_level:  # the level's long-run statistics before this reading (a fresh sensor's prior: 0 and 1)
+            first = (count == 0)[:, None]
+            lm, lv = np.where(first, 0.0, st["lvl_mean"]), np.where(first, 1.0, st["lvl_var"])
         sc, an, wu, ta, acc, new = adaptive.score_tick(p, a, st, err[:, t], xs[:, t].astype(np.float64), raw32[:, t], prev,
                                                        count, warm, level_on, flat_on, threshold)
         score[:, t], tail[:, t] = sc, ta
+        if with_level:
+            z[:, t] = adaptive.level_dev(new["lvl"], lm, lv)
         out["flag"][:, t], out["warming"][:, t], out["accepted"][:, t] = an & live, wu, acc & live
         for k, v in new.items():
             lv = live if v.ndim == 1 else live[:, None]
             st[k] = np.where(lv, v, st[k])
         prev = np.where(live[:, None], raw32[:, t], prev)
         count = count + live
+    if with_level:
+        return score, out["flag"], out["warming"], tail, out["accepted"], z
     return score, out["flag"], out["warming"], tail, out["accepted"]
 
 

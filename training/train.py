@@ -29,7 +29,7 @@ import argparse
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -60,6 +60,7 @@ class TrainConfig:
     flat_window: int = 8  # stuck-sensor check on (> 0) or off (0); stillness is judged against each sensor's own history
     level_window: int = 8  # level channel EWMA window (0 = off); see worker.core.adaptive
     feature_scales: bool = True  # calibrate the level channel's scale per feature (else one for all, as before)
+    level_passes: int = 8  # at most this many re-calibrations of the level scales on a pass that freezes while flagged, as live (stops at < 1% change; 0 = off)
     accept_after: int = 600  # horizon used for the validation metrics (the worker's is SLOTWATCH_SCORING__ACCEPT_AFTER)
     jitter: float = 1.0  # scaling jitter per sensor and epoch (offset sd; log-scale sd is half of it)
     min_delta: float = 0.002  # relative val_loss improvement that counts
@@ -390,11 +391,30 @@ def calibrate(net, fleet: Fleet, cfg: TrainConfig) -> tuple[object, dict, dict]:
         if cfg.feature_scales and level_scale > 0:  # and each feature's own (worker.core.adaptive: level_scales)
             calib.level_feature_scale = cal.pick_feature_scales(z_lvl, thr, cfg.false_alarm_rate)
     calib.level_window = cfg.level_window if level_scale > 0 else 0
-    calib.level_scale = level_scale
     calib.flat_window = cfg.flat_window  # on/off of the stuck-sensor check (stillness against own history)
     calib.flat_limit = 0.0
     adapt = AdaptParams(accept_after=cfg.accept_after, level_window=calib.level_window, level_scale=level_scale,
                         level_scales=tuple(calib.level_feature_scale))
+    for n_pass in range(1, 1 + (cfg.level_passes if level_scale > 0 else 0)):
+        # the pass above learned from every reading; live, the level statistics freeze while a sensor is
+        # flagged, so the same rule is applied to the level z of a pass that scores as the live scorer does.
+        # A larger scale flags less, so freezes less, so sees a smaller z: the plain iteration can swing
+        # between two scales; the geometric mean of the old and the new scale converges to the fixed point.
+        res = cal.run_adaptive(params, adapt, err, fleet.x, fleet.raw, valid, level_on=True, flat_on=cfg.flat_window > 0,
+                               with_level=True)
+        z_live = res[5][mask & ~res[2]]
+        new_scale = cal.pick_level_scale(z_live.max(axis=-1), thr, len(fleet.features), cfg.false_alarm_rate)
+        old = np.array([level_scale, *calib.level_feature_scale])
+        level_scale = float(np.sqrt(level_scale * new_scale))
+        if calib.level_feature_scale:
+            new_f = cal.pick_feature_scales(z_live, thr, cfg.false_alarm_rate)
+            calib.level_feature_scale = [float(np.sqrt(a * b)) for a, b in zip(calib.level_feature_scale, new_f)]
+        adapt = replace(adapt, level_scale=level_scale, level_scales=tuple(calib.level_feature_scale))
+        log.info("level calibration, live pass %d: scale %.3f, per feature %s", n_pass, level_scale,
+                 [round(v, 3) for v in calib.level_feature_scale])
+        if np.all(np.abs(np.array([level_scale, *calib.level_feature_scale]) / old - 1.0) < 0.01):
+            break
+    calib.level_scale = level_scale
     score, flag, warming, _, accepted = cal.run_adaptive(params, adapt, err, fleet.x, fleet.raw, valid,
                                                          level_on=level_scale > 0, flat_on=cfg.flat_window > 0)
     inval = fleet.in_validation()
@@ -535,6 +555,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=d.warmup, help=f"readings before a sensor can be flagged (default {d.warmup}; unseen sensors twice)")
     p.add_argument("--flat-window", type=int, default=d.flat_window, help=f"readings the flatline (stuck sensor) statistic looks at (default {d.flat_window}; 0 = off; at most SLOTWATCH_MODEL__RECENT_READINGS)")
     p.add_argument("--level-window", type=int, default=d.level_window, help=f"readings the level channel averages (default {d.level_window}; 0 = off)")
+    p.add_argument("--level-passes", type=int, default=d.level_passes, help=f"re-calibrate the level scales on passes that score as live, freezing while flagged (default {d.level_passes}; 0 = off)")
     p.add_argument("--jitter", type=float, default=d.jitter, help=f"scaling jitter for robustness to unseen sensors' online scaling (default {d.jitter}; 0 = off)")
     p.add_argument("--false-alarm-rate", type=float, default=d.false_alarm_rate, help=f"share of normal validation readings the threshold may flag (default {d.false_alarm_rate})")
     p.add_argument("--min-readings", type=int, default=d.min_readings, help=f"refuse sensors with fewer readings (default {d.min_readings})")
@@ -559,7 +580,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
     cfg = TrainConfig(units=units, mode=args.mode, epochs=args.epochs, patience=args.patience, seq_len=args.seq_len,
                        batch=args.batch, learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
-                       warmup=args.warmup, jitter=args.jitter, level_window=args.level_window, flat_window=args.flat_window, false_alarm_rate=args.false_alarm_rate, min_readings=args.min_readings,
+                       warmup=args.warmup, jitter=args.jitter, level_window=args.level_window, level_passes=args.level_passes, flat_window=args.flat_window, false_alarm_rate=args.false_alarm_rate, min_readings=args.min_readings,
                        unsorted="refuse" if args.refuse_unsorted else "sort", progress=want_progress(not args.no_progress),
                        strict=getattr(args, "strict", False))
     check_config(cfg)
