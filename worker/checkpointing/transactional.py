@@ -22,6 +22,10 @@ offset) and the consumer seeks back (:meth:`worker.rewind.Rewinder.reload`); a c
 rewind aborts the open transaction too (:meth:`CheckpointCoordinator.reset`).  A fenced
 producer stops the worker without committing (exit code 7); :data:`MAX_CONSECUTIVE_ABORTS`
 aborted rounds in a row, or a producer that cannot be replaced, stop it with exit code 5.
+An EndTxn with no answer in time is an aborted round *in doubt*
+(:class:`~worker.kafka.txn_errors.TransactionInDoubt`): rewound like any abort, with the same
+producer, never a re-initialised one (it could fence the worker that now owns the id); the next
+round first waits for that EndTxn and stops the worker (exit code 7) when it stays unanswered.
 An abort inside a rebalance callback (a lost partition, a failed revocation round) leaves
 the rewind to the loop's thread (:attr:`ExactlyOnceRounds.rewind_due`).
 """
@@ -61,6 +65,7 @@ class ExactlyOnceRounds:
                 return False
         t0 = time.perf_counter()
         try:
+            self.txn.settle()  # an EndTxn left unanswered by an earlier round: answered now, or stop (exit 7)
             self.outputs_acknowledged()  # step 1
             r.export_state()  # step 2
             if not (r.checkpoints or r.offsets or self.txn.open):
