@@ -75,10 +75,19 @@ def test_restore_from_the_newest_snapshot_equals_the_full_read(kafka_broker):
             if committed >= 50:  # the newest marker before the fence names the snapshot at 40
                 assert seek.records < whole.records, (committed, seek.records, whole.records)
                 assert seek.snapshots[-1][1] == 40
+        # the newest round is a snapshot itself (a model swap): found from its own marker, read alone
+        swap = store.prepare(P, _subset(_export(t, "v2"), present), 70, "v2")
+        assert swap[6]
+        store.write([swap])
+        seek = restore_partition(cons, prod, topic, P, 70)
+        whole = restore_partition(cons, prod, topic, P, 70, snapshots=False)
+        assert_same(seek.columns, whole.columns)
+        assert seek.records == len(swap[1]) < whole.records
+        assert restore_partition(cons, prod, topic, P, 65).records < whole.records  # 70 is beyond: the one at 40
         # a restore continues the chain: the restored store's markers name the same snapshots
         store2 = ChangelogStore(KafkaSettings(bootstrap_servers=kafka_broker.bootstrap), prod, topic)
         store2.restore(P, 60)
-        assert store2.snapshots[P] == store.snapshots[P]
+        assert store2.snapshots[P][-1] == store.snapshots[P][0] and store2.snapshots[P][-1][1] == 40  # not the one at 70
         assert "s8" not in store2.written[P] and "s9" not in store2.written[P] and "s10" in store2.written[P]
     finally:
         cons.close()

@@ -98,7 +98,8 @@ def encode_round(partition: int, next_offset: int, columns: dict[str, np.ndarray
     for s in removed:
         recs.append(ChangelogRecord(s.encode("utf-8"), None, headers_for(partition, next_offset, model_version)))
     marker = json.dumps({"next_offset": next_offset, "model_version": model_version, "rows": len(values),
-                         "full": bool(full), "snapshots": [[int(x), int(o)] for x, o in snapshots]},
+                         "full": bool(full), "snapshots": [[int(x), int(o)] for x, o in snapshots],
+                         "records": len(recs) + 1},  # the round's records, this marker included
                         separators=(",", ":")).encode()
     recs.append(ChangelogRecord(MARKER_KEY, marker, headers_for(partition, next_offset, model_version)))
     return recs

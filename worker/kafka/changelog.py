@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from worker.checkpointing.changelog import FENCE_KEY, MARKER_KEY, ChangelogRecord, Restored, fold
+from worker.checkpointing.changelog import (FENCE_KEY, H_OFFSET, MARKER_KEY, SCHEMA_PREFIX, ChangelogRecord,
+                                             Restored, fold)
 from worker.kafka.changelog_topic import (  # noqa: F401 - the topic's admin side, re-exported
     ChangelogError,
     changelog_topic_config,
@@ -149,11 +150,33 @@ def snapshot_start(consumer, tp, fence: int, committed: int, stall_s: float = 10
             if recs:
                 pos, last = recs[-1].offset + 1, time.monotonic()
         if marker is not None:
-            snaps = [int(x) for x, o in marker_of(marker.value).get("snapshots", []) if int(o) <= committed]
+            m = marker_of(marker.value)
+            if m.get("full") and int(m["next_offset"]) <= committed and m.get("records"):
+                own = _round_start(consumer, tp, marker.offset - int(m["records"]) + 1, m["next_offset"], stall_s)
+                if own is not None:  # the newest round is a snapshot itself (no later marker names it)
+                    return own
+            snaps = [int(x) for x, o in m.get("snapshots", []) if int(o) <= committed]
             return max(snaps) if snaps else 0
         if lo == 0:
             return 0
     return 0
+
+
+def _round_start(consumer, tp, offset: int, next_offset: int, stall_s: float) -> int | None:
+    """``offset`` when the record there is the schema record that opens the round of ``next_offset``
+    (the round's records are contiguous: no other writer's record came between them), else ``None``."""
+    if offset < 0:
+        return None
+    consumer.seek(tp, offset)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < stall_s:
+        recs = consumer.poll(timeout_ms=200, max_records=1).get(tp, [])
+        if recs:
+            r = recs[0]
+            ok = (r.offset == offset and r.key is not None and r.key.startswith(SCHEMA_PREFIX)
+                  and dict(r.headers or ()).get(H_OFFSET) == str(next_offset).encode())
+            return offset if ok else None
+    return None
 
 
 def restore_partition(consumer, producer, topic: str, partition: int, committed: int, *, snapshots: bool = True,
