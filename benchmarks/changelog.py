@@ -184,7 +184,10 @@ def run(n: int = 100_000, units: int = 64, bootstrap: str | None = None) -> dict
         cases = [("one generation", one_gen, n, False, {})]
         cases += [(f"uncompacted, 5 generations, full read, {v}", many_gen, offset, False, kw)
                   for v, kw in FETCH_VARIANTS.items()]
-        cases += [("uncompacted, 5 generations, seek to the newest snapshot", many_gen, offset, True, {})]
+        cases += [("uncompacted, 5 generations, seek to the newest snapshot", many_gen, offset, True, {}),
+                  ("uncompacted, 5 generations, seek + fetch 128 MiB / 64 MiB", many_gen, offset, True,
+                   FETCH_VARIANTS["fetch 128 MiB / 64 MiB"]),
+                  ("uncompacted, 5 generations, full read, current again (order check)", many_gen, offset, False, {})]
         bare = {}
         for name, topic, committed, snaps, kw in cases:
             if topic not in bare:
