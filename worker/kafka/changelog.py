@@ -129,6 +129,7 @@ def read_partition(consumer, producer, topic: str, partition: int, *, stall_s: f
 
 #: tail windows searched for the newest marker, before reading from the beginning
 TAIL_WINDOWS = (64, 1024, 16384)
+TAIL_STALL_S = 2.0
 
 
 def snapshot_start(consumer, tp, fence: int, committed: int, stall_s: float = 10.0) -> int:
@@ -138,6 +139,7 @@ def snapshot_start(consumer, tp, fence: int, committed: int, stall_s: float = 10
     """
     from worker.checkpointing.changelog import marker_of
 
+    stall_s = min(stall_s, TAIL_STALL_S)  # a tail that does not come (an open transaction): read everything
     for window in TAIL_WINDOWS:
         lo = max(0, fence - window)
         consumer.seek(tp, lo)
