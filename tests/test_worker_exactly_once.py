@@ -129,6 +129,10 @@ def test_kill_9_inside_a_round_aborts_it_and_the_restart_replays_it(kafka_broker
     kafka_broker.produce(topics["readings"], first, part)
     p = start(tmp_path / "ck-a")
     wait(p, "the first round", lambda m: committed(m) == len(first))
+    m = scrape_labeled(port)  # the transaction metrics, as Prometheus scrapes them
+    assert m['slotwatch_transaction_rounds_total{outcome=committed}'] >= 1
+    assert m['slotwatch_transaction_rounds_total{outcome=aborted}'] == m['slotwatch_transaction_rounds_total{outcome=fenced}'] == 0
+    assert m["slotwatch_transaction_commit_seconds_count"] == m['slotwatch_transaction_rounds_total{outcome=committed}']
     kafka_broker.produce(topics["readings"], second, part)
     wait(p, "the second part", lambda m: m.get("slotwatch_readings_consumed_total", 0) >= len(first) + len(second))
     deadline = time.monotonic() + 30  # every output of the open round sent (read_uncommitted sees them)...
@@ -194,6 +198,7 @@ def test_a_second_worker_with_the_same_id_fences_the_first(kafka_broker, art1, a
     kafka_broker.produce(topics["readings"], second, part)  # a's first record now: ProducerFenced
     a.thread.join(60)
     assert not a.thread.is_alive() and a.code == EXIT_FENCED
+    assert a.metrics.txn_rounds.labels("fenced")._value.get() == 1  # noqa: SLF001
     deadline = time.monotonic() + 90
     while sum(b.worker.committed.values()) < len(first) + len(second) and time.monotonic() < deadline:
         assert b.thread.is_alive(), f"b exited with {b.code}"

@@ -36,7 +36,7 @@ import logging
 import threading
 import time
 
-from worker.kafka.txn_errors import TransactionAborted, TransactionError, TransactionFatal
+from worker.kafka.txn_errors import TransactionAborted, TransactionError, TransactionFatal, TransactionFenced
 
 log = logging.getLogger("slotwatch.worker")
 
@@ -123,6 +123,8 @@ class ExactlyOnceRounds:
             m.committed_offset.labels(str(tp.partition)).set(om.offset)
             c.committed[tp.partition] = om.offset
         m.checkpoint_seconds.observe(seconds)
+        m.txn_rounds.labels("committed").inc()
+        m.txn_commit_seconds.observe(seconds)
         if total:
             m.checkpoint_bytes.set(total)
         m.checkpoint_last.set(time.time())
@@ -139,6 +141,8 @@ class ExactlyOnceRounds:
     def failed(self, e: TransactionError) -> None:
         """Aborted: rewind (or stop after too many in a row); fenced or fatal: stop without committing."""
         app = self.app
+        app.metrics.txn_rounds.labels("aborted" if isinstance(e, TransactionAborted) else
+                                      "fenced" if isinstance(e, TransactionFenced) else "failed").inc()
         if isinstance(e, TransactionAborted):
             app.metrics.checkpoint_failures.inc()
             n = self.txn.consecutive_failures
@@ -168,6 +172,7 @@ class ExactlyOnceRounds:
                 self.txn.abort()
         except TransactionError as e:
             self.dead = True
+            self.app.metrics.txn_rounds.labels("fenced" if isinstance(e, TransactionFenced) else "failed").inc()
             self.app.fail(e)
         self.app.sink.reset()
 
@@ -178,6 +183,7 @@ class ExactlyOnceRounds:
                 self.txn.abort()
         except TransactionError as e:
             self.dead = True
+            self.app.metrics.txn_rounds.labels("fenced" if isinstance(e, TransactionFenced) else "failed").inc()
             self.app.fail(e)
             return
         self.rewind_due = True  # the partitions still owned lost their outputs too: the loop rewinds them
