@@ -46,15 +46,25 @@ def _export(table, version: str = "bench-v1"):
     return cols
 
 
-def _restore(bootstrap: str, prod, topic: str, committed: int, n: int, units: int) -> dict:
+#: restore consumers compared side by side on the uncompacted log (issue 12): the current one, and fetch sizes
+FETCH_VARIANTS = {
+    "current (64 MiB / 16 MiB, all records)": {},
+    "fetch 128 MiB / 64 MiB": {"fetch_max_bytes": 128 << 20, "max_partition_fetch_bytes": 64 << 20},
+    "fetch 8 MiB / 4 MiB": {"fetch_max_bytes": 8 << 20, "max_partition_fetch_bytes": 4 << 20},
+    "max_poll_records 5000": {"max_poll_records": 5000},
+}
+
+
+def _restore(bootstrap: str, prod, topic: str, committed: int, n: int, units: int, *, snapshots: bool = False,
+             **consumer) -> dict:
     from worker.checkpointing.changelog import fold
     from worker.kafka.changelog import make_restore_consumer, read_partition
     from worker.state.table import StateTable
 
-    cons = make_restore_consumer(bootstrap)
+    cons = make_restore_consumer(bootstrap, **consumer)
     try:
         with Timer() as t_read:
-            recs = list(read_partition(cons, prod, topic, 0))
+            recs = list(read_partition(cons, prod, topic, 0, committed=committed if snapshots else None))
         with Timer() as t_fold:
             res = fold(recs, committed)
         fresh = StateTable(1, 2 * units, 16, capacity=n)
@@ -92,7 +102,8 @@ def run(n: int = 100_000, units: int = 64, bootstrap: str | None = None) -> dict
     from worker.checkpointing import changelog as cl
     from worker.checkpointing.format import Checkpoint
     from worker.checkpointing.store import CheckpointStore
-    from worker.kafka.changelog import ChangelogWriter, ensure_changelog_topic
+    from worker.kafka.changelog import ChangelogStore, ChangelogWriter, ensure_changelog_topic
+    from worker.settings import KafkaSettings
     from worker.state.table import StateTable
 
     broker = None
@@ -126,15 +137,22 @@ def run(n: int = 100_000, units: int = 64, bootstrap: str | None = None) -> dict
         first_state = table.cols["state"][:n].copy()
         rounds = []
         offset = n
-        written: dict[str, int] = {}
+        # the uncompacted log is written by the worker's ChangelogStore (it decides the full snapshots)
+        store = ChangelogStore(KafkaSettings(bootstrap_servers=bootstrap), prod, many_gen, timeout_s=300)
         for topic in (one_gen, many_gen):  # round 0: every sensor is new
             cols = _export(table)
-            rows = cl.select_changed(cols, written if topic == many_gen else {})
-            recs = cl.encode_round(0, offset, cols, rows, "bench-v1")
-            with Timer() as t_w:
-                ChangelogWriter(prod, topic).write(0, recs, timeout_s=300)
             if topic == many_gen:
-                cl.note_written(written, cols, rows)
+                rnd = store.prepare(0, cols, offset, "bench-v1")
+                rows, recs = rnd[3], rnd[1]
+            else:
+                rows = cl.select_changed(cols, {})
+                recs = cl.encode_round(0, offset, cols, rows, "bench-v1")
+            with Timer() as t_w:
+                if topic == many_gen:
+                    store.write([rnd])
+                else:
+                    ChangelogWriter(prod, topic).write(0, recs, timeout_s=300)
+            if topic == many_gen:
                 rounds.append({"round": "first (all new)", "changed_pct": 100.0, "rows": len(rows),
                                "bytes": _record_bytes(recs), "bytes_per_row": _record_bytes(recs) / len(rows),
                                "produce_ack_s": t_w.seconds, "local_checkpoint_bytes": local_bytes})
@@ -149,23 +167,34 @@ def run(n: int = 100_000, units: int = 64, bootstrap: str | None = None) -> dict
             c["count"][pick] += 1
             cols = _export(table)
             with Timer() as t_sel:
-                rows = cl.select_changed(cols, written)
-                recs = cl.encode_round(0, offset, cols, rows, "bench-v1")
-            assert len(rows) == k
+                rnd = store.prepare(0, cols, offset, "bench-v1")
+                rows, recs = rnd[3], rnd[1]
+            assert len(rows) == k or rnd[6]  # a full snapshot writes every row
             with Timer() as t_w:
-                ChangelogWriter(prod, many_gen).write(0, recs, timeout_s=300)
-            cl.note_written(written, cols, rows)
+                store.write([rnd])
             b = _record_bytes(recs)
-            rounds.append({"round": f"{frac:.0%} changed", "changed_pct": 100 * frac, "rows": k, "bytes": b,
+            rounds.append({"round": f"{frac:.0%} changed" + (" (full snapshot)" if rnd[6] else ""),
+                           "changed_pct": 100 * frac, "rows": len(rows), "bytes": b,
                            "bytes_per_row": b / k, "select_encode_s": t_sel.seconds, "produce_ack_s": t_w.seconds,
                            "local_checkpoint_bytes": local_bytes})
             print(f"round with {frac:.0%} changed: {b:,} bytes, {t_w.seconds:.2f} s to produce and ack", flush=True)
 
         print("restoring ...", flush=True)
         restores = []
-        for name, topic, committed in (("one generation", one_gen, n), ("uncompacted, 5 generations", many_gen, offset)):
-            bare_s = _bare_read(bootstrap, topic, one_gen_records if topic == one_gen else sum(r["rows"] for r in rounds))
-            r = _restore(bootstrap, prod, topic, committed, n, units)
+        cases = [("one generation", one_gen, n, False, {})]
+        cases += [(f"uncompacted, 5 generations, full read, {v}", many_gen, offset, False, kw)
+                  for v, kw in FETCH_VARIANTS.items()]
+        cases += [("uncompacted, 5 generations, seek to the newest snapshot", many_gen, offset, True, {}),
+                  ("uncompacted, 5 generations, seek + fetch 128 MiB / 64 MiB", many_gen, offset, True,
+                   FETCH_VARIANTS["fetch 128 MiB / 64 MiB"]),
+                  ("uncompacted, 5 generations, full read, current again (order check)", many_gen, offset, False, {})]
+        bare = {}
+        for name, topic, committed, snaps, kw in cases:
+            if topic not in bare:
+                bare[topic] = _bare_read(bootstrap, topic, one_gen_records if topic == one_gen
+                                         else sum(r["rows"] for r in rounds))
+            bare_s = bare[topic]
+            r = _restore(bootstrap, prod, topic, committed, n, units, snapshots=snaps, **kw)
             fresh = r.pop("table")
             assert r["sensors"] == n
             want = first_state if topic == one_gen else table.cols["state"][:n]
@@ -180,6 +209,9 @@ def run(n: int = 100_000, units: int = 64, bootstrap: str | None = None) -> dict
     finally:
         if broker is not None:
             broker.stop()
+    base = next(r for r in restores if r["log"].endswith(next(iter(FETCH_VARIANTS))))
+    for r in restores:
+        r["ratio_to_current_restore"] = r["restore_s"] / base["restore_s"] if "uncompacted" in r["log"] else None
     targets = {}
     for r in restores:  # scaled to 100k sensors when --sensors says otherwise
         per100k = r["restore_s"] / n * 1e5
@@ -197,7 +229,8 @@ def report(res: dict) -> str:
              md_table(res["rounds"], ["round", "rows", "bytes", "bytes_per_row", "produce_ack_s", "local_checkpoint_bytes"]),
              "", "## Restore", "",
              md_table(res["restores"], ["log", "records", "sensors", "read_s", "fold_s", "import_s", "restore_s",
-                                        "bare_read_s", "ratio_restore_to_bare_read", "local_checkpoint_restore_s"]),
+                                        "bare_read_s", "ratio_restore_to_bare_read", "ratio_to_current_restore",
+                                        "local_checkpoint_restore_s"]),
              "", "## Targets", "", *targets_md(res["targets"]), ""]
     return "\n".join(lines)
 

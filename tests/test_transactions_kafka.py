@@ -179,6 +179,49 @@ def test_second_producer_with_the_same_id_fences_the_first(kafka_broker, group):
         new.close()
 
 
+def test_fenced_between_the_last_send_and_the_commit_never_re_initialises_the_id(kafka_broker, group):
+    """The race of the worker fencing test: the twin's init lands after the old producer's last record and
+    before its EndTxn.  tansu does not answer that EndTxn (it logs ProducerFenced and closes the connection;
+    kafka-python resends it for ever), so the commit is *in doubt*: the old round must not make a new
+    producer (its init would take the id back and fence the twin); its next use stops it (exit code 7)."""
+    from worker.kafka.transactions import TransactionFenced, TransactionInDoubt, TransactionalRound, make_transactional_producer
+
+    t, g, cons, tp = group
+    bs, out = kafka_broker.bootstrap, t["changelog"]
+    before = committed(bs, g, tp)
+    k = settings_for(kafka_broker, g, "w-race")
+    made = []
+
+    def factory():
+        made.append(make_transactional_producer(k, max_block_ms=10_000))
+        return made[-1]
+
+    old = TransactionalRound(factory, timeout_s=3.0)
+    old.send(out, value=b"race-old")
+    old.send_offsets({tp: 44}, cons.group_metadata())  # the round's last requests before its EndTxn...
+    old.flush()
+    twin = new_round(kafka_broker, g, "w-race")  # ...then the twin initialises the id: epoch bumped
+    try:
+        if on_tansu(kafka_broker):  # measured: no answer to the fenced EndTxn
+            with pytest.raises(TransactionInDoubt):
+                old.commit()  # EndTxn is the first request with the stale epoch
+            assert old.pending is not None and not old.open and old.consecutive_failures == 1
+            with pytest.raises(TransactionFenced) as e:
+                old.settle()  # the next round: still no answer -> fenced, stop
+        else:  # a real Kafka answers PRODUCER_FENCED at once
+            with pytest.raises(TransactionFenced) as e:
+                old.commit()
+        assert e.value.exit_code == EXIT_FENCED
+        assert len(made) == 1  # never re-initialised
+        twin.send(out, value=b"race-twin")
+        twin.commit({tp: 48}, cons.group_metadata())  # the twin still owns the id
+        assert committed(bs, g, tp) == 48 != before
+        assert read_values(bs, out)[-1] == b"race-twin"
+    finally:
+        old.close(timeout=0)
+        twin.close()
+
+
 def test_a_failed_send_aborts_the_round_and_the_next_round_commits(kafka_broker, group):
     """Not fenced: the round is aborted, TransactionAborted says to replay, the object keeps working."""
     from worker.kafka.transactions import TransactionAborted

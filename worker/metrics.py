@@ -163,6 +163,13 @@ class Metrics:
             buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0), registry=r)
         self.changelog_restored = Counter(
             "slotwatch_changelog_restored_sensors_total", "Sensors restored from the state changelog.", registry=r)
+        # issue 12: exactly-once rounds (SLOTWATCH_KAFKA__EXACTLY_ONCE); outcome: committed, aborted, fenced
+        self.txn_rounds = Counter("slotwatch_transaction_rounds_total", "Checkpoint rounds' Kafka transactions, by outcome "
+                                  "(committed, aborted, fenced).", ["outcome"], registry=r)
+        self.txn_commit_seconds = Histogram("slotwatch_transaction_commit_seconds", "Time of a committed round's transaction "
+                                            "(outputs acknowledged to EndTxn).", buckets=CHECKPOINT_BUCKETS, registry=r)
+        for outcome in ("committed", "aborted", "fenced"):
+            self.txn_rounds.labels(outcome)
 
         # silent sensors (issue 16): by kind, never per sensor; the stall gauge per partition (few)
         self.published.labels("episode")

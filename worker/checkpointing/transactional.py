@@ -22,6 +22,10 @@ offset) and the consumer seeks back (:meth:`worker.rewind.Rewinder.reload`); a c
 rewind aborts the open transaction too (:meth:`CheckpointCoordinator.reset`).  A fenced
 producer stops the worker without committing (exit code 7); :data:`MAX_CONSECUTIVE_ABORTS`
 aborted rounds in a row, or a producer that cannot be replaced, stop it with exit code 5.
+An EndTxn with no answer in time is an aborted round *in doubt*
+(:class:`~worker.kafka.txn_errors.TransactionInDoubt`): rewound like any abort, with the same
+producer, never a re-initialised one (it could fence the worker that now owns the id); the next
+round first waits for that EndTxn and stops the worker (exit code 7) when it stays unanswered.
 An abort inside a rebalance callback (a lost partition, a failed revocation round) leaves
 the rewind to the loop's thread (:attr:`ExactlyOnceRounds.rewind_due`).
 """
@@ -32,7 +36,7 @@ import logging
 import threading
 import time
 
-from worker.kafka.txn_errors import TransactionAborted, TransactionError, TransactionFatal
+from worker.kafka.txn_errors import TransactionAborted, TransactionError, TransactionFatal, TransactionFenced
 
 log = logging.getLogger("slotwatch.worker")
 
@@ -61,6 +65,7 @@ class ExactlyOnceRounds:
                 return False
         t0 = time.perf_counter()
         try:
+            self.txn.settle()  # an EndTxn left unanswered by an earlier round: answered now, or stop (exit 7)
             self.outputs_acknowledged()  # step 1
             r.export_state()  # step 2
             if not (r.checkpoints or r.offsets or self.txn.open):
@@ -118,6 +123,8 @@ class ExactlyOnceRounds:
             m.committed_offset.labels(str(tp.partition)).set(om.offset)
             c.committed[tp.partition] = om.offset
         m.checkpoint_seconds.observe(seconds)
+        m.txn_rounds.labels("committed").inc()
+        m.txn_commit_seconds.observe(seconds)
         if total:
             m.checkpoint_bytes.set(total)
         m.checkpoint_last.set(time.time())
@@ -134,6 +141,8 @@ class ExactlyOnceRounds:
     def failed(self, e: TransactionError) -> None:
         """Aborted: rewind (or stop after too many in a row); fenced or fatal: stop without committing."""
         app = self.app
+        app.metrics.txn_rounds.labels("aborted" if isinstance(e, TransactionAborted) else
+                                      "fenced" if isinstance(e, TransactionFenced) else "failed").inc()
         if isinstance(e, TransactionAborted):
             app.metrics.checkpoint_failures.inc()
             n = self.txn.consecutive_failures
@@ -163,6 +172,7 @@ class ExactlyOnceRounds:
                 self.txn.abort()
         except TransactionError as e:
             self.dead = True
+            self.app.metrics.txn_rounds.labels("fenced" if isinstance(e, TransactionFenced) else "failed").inc()
             self.app.fail(e)
         self.app.sink.reset()
 
@@ -173,6 +183,7 @@ class ExactlyOnceRounds:
                 self.txn.abort()
         except TransactionError as e:
             self.dead = True
+            self.app.metrics.txn_rounds.labels("fenced" if isinstance(e, TransactionFenced) else "failed").inc()
             self.app.fail(e)
             return
         self.rewind_due = True  # the partitions still owned lost their outputs too: the loop rewinds them

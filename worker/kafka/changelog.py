@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from worker.checkpointing.changelog import FENCE_KEY, ChangelogRecord, Restored, fold
+from worker.checkpointing.changelog import (FENCE_KEY, H_OFFSET, MARKER_KEY, SCHEMA_PREFIX, ChangelogRecord,
+                                             Restored, fold)
 from worker.kafka.changelog_topic import (  # noqa: F401 - the topic's admin side, re-exported
     ChangelogError,
     changelog_topic_config,
@@ -73,11 +74,13 @@ class ChangelogWriter:
 
 
 def read_partition(consumer, producer, topic: str, partition: int, *, stall_s: float = 10.0,
-                   timeout_s: float = 600.0, progress: Callable[[int, int], None] | None = None) -> Iterator[Any]:
+                   timeout_s: float = 600.0, progress: Callable[[int, int], None] | None = None,
+                   committed: int | None = None) -> Iterator[Any]:
     """Every record of one changelog partition up to the fence this call writes (see the module doc).
 
     ``consumer`` must have no group (``group_id=None``); it is assigned the partition here.
-    ``progress(position, fence_offset)`` is called after each poll.
+    ``progress(position, fence_offset)`` is called after each poll.  With ``committed``, the read
+    starts at the newest full snapshot at or below it (:func:`snapshot_start`), else at the beginning.
     """
     from kafka import TopicPartition
 
@@ -89,7 +92,11 @@ def read_partition(consumer, producer, topic: str, partition: int, *, stall_s: f
     fence = meta.offset
     tp = TopicPartition(topic, partition)
     consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
+    start = snapshot_start(consumer, tp, fence, committed, stall_s) if committed is not None else 0
+    if start:
+        consumer.seek(tp, start)
+    else:
+        consumer.seek_to_beginning(tp)
     deadline = time.monotonic() + timeout_s
     last_progress = time.monotonic()
     pos = 0
@@ -120,10 +127,67 @@ def read_partition(consumer, producer, topic: str, partition: int, *, stall_s: f
                                    f"(at offset {pos} of {fence})")
 
 
-def restore_partition(consumer, producer, topic: str, partition: int, committed: int, **kw) -> Restored:
-    """Read changelog partition ``partition`` to its end and fold it at the ``committed`` readings offset."""
+#: tail windows searched for the newest marker, before reading from the beginning
+TAIL_WINDOWS = (64, 1024, 16384)
+TAIL_STALL_S = 2.0
+
+
+def snapshot_start(consumer, tp, fence: int, committed: int, stall_s: float = 10.0) -> int:
+    """Where a restore at ``committed`` may start reading: the changelog offset of the newest full
+    snapshot whose source offset is at or below ``committed``, named by the newest marker before
+    the ``fence`` (searched in growing tail windows); 0 when there is none (read everything).
+    """
+    from worker.checkpointing.changelog import marker_of
+
+    stall_s = min(stall_s, TAIL_STALL_S)  # a tail that does not come (an open transaction): read everything
+    for window in TAIL_WINDOWS:
+        lo = max(0, fence - window)
+        consumer.seek(tp, lo)
+        marker, pos, last = None, lo, time.monotonic()
+        while pos < fence and time.monotonic() - last < stall_s:
+            recs = consumer.poll(timeout_ms=200, max_records=100_000).get(tp, [])
+            for r in recs:
+                if r.offset < fence and r.key == MARKER_KEY and r.value is not None:
+                    marker = r
+            if recs:
+                pos, last = recs[-1].offset + 1, time.monotonic()
+        if marker is not None:
+            m = marker_of(marker.value)
+            if m.get("full") and int(m["next_offset"]) <= committed and m.get("records"):
+                own = _round_start(consumer, tp, marker.offset - int(m["records"]) + 1, m["next_offset"], stall_s)
+                if own is not None:  # the newest round is a snapshot itself (no later marker names it)
+                    return own
+            snaps = [int(x) for x, o in m.get("snapshots", []) if int(o) <= committed]
+            return max(snaps) if snaps else 0
+        if lo == 0:
+            return 0
+    return 0
+
+
+def _round_start(consumer, tp, offset: int, next_offset: int, stall_s: float) -> int | None:
+    """``offset`` when the record there is the schema record that opens the round of ``next_offset``
+    (the round's records are contiguous: no other writer's record came between them), else ``None``."""
+    if offset < 0:
+        return None
+    consumer.seek(tp, offset)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < stall_s:
+        recs = consumer.poll(timeout_ms=200, max_records=1).get(tp, [])
+        if recs:
+            r = recs[0]
+            ok = (r.offset == offset and r.key is not None and r.key.startswith(SCHEMA_PREFIX)
+                  and dict(r.headers or ()).get(H_OFFSET) == str(next_offset).encode())
+            return offset if ok else None
+    return None
+
+
+def restore_partition(consumer, producer, topic: str, partition: int, committed: int, *, snapshots: bool = True,
+                      **kw) -> Restored:
+    """Read changelog partition ``partition`` to its end and fold it at the ``committed`` readings offset
+    (from the newest full snapshot at or below it when ``snapshots``, else from the beginning)."""
     t0 = time.perf_counter()
-    res = fold(read_partition(consumer, producer, topic, partition, **kw), committed)
+    res = fold(read_partition(consumer, producer, topic, partition, committed=committed if snapshots else None, **kw),
+               committed)
     log.info("partition %d: %d sensors restored from the changelog %s (%d records, %d rows beyond offset %d "
              "skipped) in %.2f s", partition, res.n_sensors, topic, res.records, res.skipped_beyond, committed,
              time.perf_counter() - t0,
@@ -148,138 +212,4 @@ def make_restore_consumer(bootstrap_or_settings, **overrides):
     return KafkaConsumer(**cfg)
 
 
-class ChangelogStore:
-    """The worker's state changelog: what a checkpoint round writes, and restores on assignment.
-
-    Per partition it remembers which sensors (at which ``last_offset``) the changelog holds,
-    so a round writes only the rows changed since (plus tombstones and the marker).  The
-    worker calls :meth:`prepare` on the consumer thread (with the export it takes anyway),
-    :meth:`write` where it writes checkpoint files (the writer thread; raises when a record
-    is not acknowledged, so the round's offsets are not committed), :meth:`restore` on
-    assignment and :meth:`forget` when a partition leaves.
-    """
-
-    def __init__(self, kafka_settings, producer, topic: str, metrics=None, stall_s: float = 30.0,
-                 timeout_s: float = 60.0, writer_producer=None) -> None:
-        self.kafka = kafka_settings
-        self.producer = producer  # plain: the restore fence, outside any transaction
-        self.topic = topic
-        self.metrics = metrics
-        self.stall_s = stall_s
-        self.timeout_s = timeout_s
-        # exactly-once: the rounds' records go through the worker.kafka.transactions.TransactionalRound,
-        # and restores read committed records only
-        self.writer = ChangelogWriter(writer_producer or producer, topic)
-        self.read_committed = writer_producer is not None
-        self.written: dict[int, dict[str, int]] = {}
-        # model version of the partition's rows in the changelog: a live model swap changes every row's
-        # state without a reading, so the first round under another version writes every row
-        self.versions: dict[int, str | None] = {}
-
-    def prepare(self, partition: int, columns, next_offset: int, model_version: str):
-        """This round's records of ``partition`` (``columns``: its export, with the ``model_version`` column)."""
-        from worker.checkpointing import changelog as cl
-
-        known = self.written.setdefault(partition, {})
-        if self.versions.get(partition) != model_version:
-            rows = np.arange(len(columns["sensor_id"]))
-        else:
-            rows = cl.select_changed(columns, known)
-        removed = cl.removed_ids(columns, known)
-        recs = cl.encode_round(partition, next_offset, columns, rows, model_version, removed)
-        return partition, recs, columns, rows, removed, model_version
-
-    def write(self, rounds, timeout_s: float | None = None) -> int:
-        """Produce every prepared round, wait for all acknowledgements; returns the bytes written."""
-        from worker.checkpointing import changelog as cl
-
-        futures, total, n = [], 0, 0
-        for partition, recs, *_ in rounds:
-            futures += self.writer.send(partition, recs)
-            total += sum(len(r.key) + len(r.value or b"") for r in recs)
-            n += len(recs)
-        self.writer.wait(futures, self.timeout_s if timeout_s is None else timeout_s)
-        self.acked(rounds)
-        if self.metrics is not None:
-            self.metrics.changelog_records.inc(n)
-            self.metrics.changelog_bytes.inc(total)
-        return total
-
-    def acked(self, rounds) -> None:
-        """Remember what acknowledged rounds put in the changelog (the next round writes only what changed)."""
-        from worker.checkpointing import changelog as cl
-
-        for partition, _, columns, rows, removed, version in rounds:
-            cl.note_written(self.written.setdefault(partition, {}), columns, rows, removed)
-            self.versions[partition] = version
-
-    def restore(self, partition: int, committed: int) -> Restored:
-        """The partition's sensors as of readings offset ``committed`` (see :func:`restore_partition`)."""
-        m = self.metrics
-        gauge = m.changelog_restore_progress.labels(str(partition)) if m is not None else None
-
-        def progress(pos: int, end: int) -> None:
-            if gauge is not None:
-                gauge.set(pos / end if end else 1.0)
-
-        if gauge is not None:
-            gauge.set(0.0)
-        t0 = time.perf_counter()
-        consumer = make_restore_consumer(self.kafka, **({"isolation_level": "read_committed"} if self.read_committed else {}))
-        try:
-            res = restore_partition(consumer, self.producer, self.topic, partition, committed, stall_s=self.stall_s,
-                                    progress=progress)
-        finally:
-            consumer.close()
-        self.written[partition] = dict(res.written)
-        if m is not None:
-            m.changelog_restore_seconds.observe(time.perf_counter() - t0)
-            m.changelog_restored.inc(res.n_sensors)
-            gauge.set(1.0)
-        return res
-
-    def committed(self, tp) -> int | None:
-        """The group's committed offset of ``tp``, asked with a client of our own: kafka-python 3 runs
-        rebalance callbacks on the worker consumer's IO thread, where its blocking calls are refused."""
-        c = make_restore_consumer(self.kafka, group_id=self.kafka.group_id)
-        try:
-            return c.committed(tp)
-        finally:
-            c.close()
-
-    def forget(self, partition: int) -> None:
-        self.written.pop(partition, None)
-        self.versions.pop(partition, None)
-
-    def on_assigned(self, tp, local, features: list[str], model_version: str):
-        """The checkpoint a newly assigned partition starts from: ``local`` when it is current (its
-        next offset equals the committed offset), else one folded from the changelog at the committed
-        offset (``None``: nothing committed and no local checkpoint, start from the beginning)."""
-        from worker.checkpointing.format import Checkpoint
-
-        p = tp.partition
-        committed = self.committed(tp)
-        # a local checkpoint may hold rows the changelog lacks (state_store was local before): after
-        # a local restore the first round writes every row of the partition
-        self.written.pop(p, None)
-        self.versions.pop(p, None)
-        if committed is None:
-            return local
-        if local is not None and local.next_offset == committed:
-            log.info("partition %d: the local checkpoint is current (offset %d); not reading the changelog", p,
-                     committed, extra={"partition": p, "offset": committed})
-            return local
-        res = self.restore(p, committed)
-        if res.marker_next != committed:
-            log.warning("partition %d: the changelog %s has no marker at the committed offset %d (newest at or below: "
-                        "%s); it was not written by every round (state_store was local?)%s", p, self.topic, committed,
-                        res.marker_next, "; using the local checkpoint" if local is not None else "",
-                        extra={"partition": p, "offset": committed})
-            if local is not None:
-                self.written.pop(p, None)
-                return local
-        versions = set(res.columns.get("model_version", np.array([], dtype=object)).tolist())
-        if versions <= {model_version}:  # rows of another version restore warm: the first round rewrites them
-            self.versions[p] = model_version
-        return Checkpoint(p, committed, model_version, res.columns,
-                          meta={"features": list(features), "source": f"changelog {self.topic}"})
+from worker.kafka.changelog_store import ChangelogStore  # noqa: E402,F401 - re-exported

@@ -27,15 +27,29 @@ its timeout.
 
 **Errors.**  A fenced producer (``ProducerFencedError``, ``InvalidProducerEpochError``, or any
 call after one of them) raises :class:`TransactionFenced`: fatal, another process owns the id.
-Any other failure of a send, of the offsets or of the commit aborts the transaction (or, when
-the abort itself fails or hangs, replaces the producer by a new one with the same id, whose
-``init_transactions`` aborts it on the broker) and raises :class:`TransactionAborted`: the
-caller rewinds the round's partitions to their committed offsets and state, and replays.  A
-replacement producer that cannot initialise raises :class:`TransactionFatal` (exit code 5).
+Any other failure of a send, of the offsets or of the commit aborts the transaction and raises
+:class:`TransactionAborted`: the caller rewinds the round's partitions to their committed
+offsets and state, and replays.  Only an abort that the broker *refused* quickly (an error
+state that is not fencing) replaces the producer by a new one with the same id (its
+``init_transactions`` aborts the transaction on the broker); one that cannot initialise raises
+:class:`TransactionFatal` (exit code 5).
+
+**In doubt: never re-initialise.**  An EndTxn (commit or abort) with no answer within
+``timeout_s`` leaves the round's outcome unknown, and the producer may have been fenced: another
+producer with the same id may have bumped the epoch (measured on the test broker, tansu 0.6: an
+EndTxn with a stale epoch is never answered, the broker drops the connection and kafka-python
+sends it again for ever; a produce, AddPartitionsToTxn or TxnOffsetCommit with a stale epoch is
+answered ``PRODUCER_FENCED``).  Re-initialising the id then would take it back from the worker
+that fenced this one.  So the producer is kept: :class:`TransactionInDoubt` tells the caller to
+rewind, and the next use of the producer first waits (``timeout_s`` more) for that EndTxn
+(:class:`~worker.kafka.txn_errors.PendingEnd`): answered -> the same producer goes on; fenced, or
+still no answer -> :class:`TransactionFenced` (exit code 7: stop, never re-initialise the id).
+kafka-python's own epoch bump, which can re-initialise the id, is switched off
+(:func:`~worker.kafka.txn_producer.never_bump_epoch`).
 
 kafka-python's ``send_offsets_to_transaction``, ``commit_transaction`` and
 ``abort_transaction`` wait without a time limit; here each is bounded by ``timeout_s`` (run on
-a helper thread; one that overruns is abandoned with its producer).
+a helper thread).
 
 >>> from worker.settings import KafkaSettings
 >>> transactional_id(KafkaSettings(group_id="fleet", worker_id="slotwatch-2"))
@@ -46,72 +60,28 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import os
-import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from worker.kafka.committed import make_committed_reader, read_committed_config  # noqa: F401 - re-exported
 from worker.kafka.txn_errors import (  # noqa: F401 - re-exported
-    TransactionAborted, TransactionError, TransactionFatal, TransactionFenced, is_fenced)
-from worker.settings import KafkaSettings
+    PendingEnd, TransactionAborted, TransactionError, TransactionFatal, TransactionFenced, TransactionInDoubt,
+    fenced_error, is_fenced)
+from worker.kafka.txn_producer import (  # noqa: F401 - re-exported
+    as_offsets, end_txn_pending, make_transactional_producer, transactional_id, wait_end_txn, worker_identity)
 
 log = logging.getLogger("slotwatch.transactions")
-
-
-def worker_identity(k: KafkaSettings) -> str:
-    """``SLOTWATCH_KAFKA__WORKER_ID``, else the host name (a StatefulSet pod's or compose service's is stable)."""
-    return k.worker_id or os.environ.get("HOSTNAME") or socket.gethostname()
-
-
-def transactional_id(k: KafkaSettings) -> str:
-    """``<transactional_id_prefix>.<group_id>.<worker identity>``: one id per worker of a group (module doc)."""
-    return f"{k.transactional_id_prefix}.{k.group_id}.{worker_identity(k)}"
-
-
-def make_transactional_producer(k: KafkaSettings, *, init: bool = True, **overrides):
-    """A producer with :func:`transactional_id` (idempotent, acks=all, security from
-    :mod:`worker.kafka.clients`), ``init_transactions()`` done unless ``init`` is false.
-
-    Initialising aborts a transaction left open by a previous producer with the same id and
-    fences that producer.  Errors are kafka-python's (``KafkaError``: exit code 5 at start-up).
-    """
-    from worker.kafka.clients import make_producer
-
-    cfg = dict(transactional_id=transactional_id(k), transaction_timeout_ms=k.transaction_timeout_ms,
-               enable_idempotence=True)
-    cfg.update(overrides)
-    producer = make_producer(k, **cfg)
-    if init:
-        try:
-            producer.init_transactions()
-        except BaseException:
-            producer.close(timeout=0)
-            raise
-    log.info("transactional producer %s ready", cfg["transactional_id"])
-    return producer
-
-
-def _as_offsets(offsets: Mapping[Any, Any], metadata: str) -> dict:
-    """``{TopicPartition: next offset | OffsetAndMetadata}`` as kafka-python's ``OffsetAndMetadata`` map."""
-    from kafka.structs import OffsetAndMetadata
-
-    return {tp: o if isinstance(o, OffsetAndMetadata) else OffsetAndMetadata(int(o), metadata, -1)
-            for tp, o in offsets.items()}
 
 
 class TransactionalRound:
     """One Kafka transaction per checkpoint round, over a transactional producer.
 
-    It quacks like the producer for what the sink and :class:`~worker.kafka.changelog.ChangelogWriter`
-    use (``send``, ``flush``), so they can write through it unchanged.  The transaction begins
-    at the first :meth:`send` (or :meth:`send_offsets`) after a commit or abort: every record
-    produced between two rounds belongs to the open one (a transactional producer cannot send
-    outside a transaction).  :meth:`commit` sends the round's offsets with the consumer's group
-    metadata, waits for every record, and commits; :meth:`abort` drops it.
-
-    ``factory()`` returns an initialised transactional producer (:func:`make_transactional_producer`);
-    it is called once here and again whenever the producer must be replaced.
+    It quacks like the producer for what the sink and the changelog writer use (``send``,
+    ``flush``).  The transaction begins at the first :meth:`send` (or :meth:`send_offsets`) after a
+    commit or abort: every record produced between two rounds belongs to the open one.
+    :meth:`commit` sends the offsets with the consumer's group metadata, waits for every record,
+    and commits; :meth:`abort` drops it.  ``factory()`` returns an initialised transactional
+    producer (:func:`make_transactional_producer`), called again when the producer is replaced.
     """
 
     def __init__(self, factory: Callable[[], Any], *, timeout_s: float = 30.0, metadata: str = "slotwatch") -> None:
@@ -125,12 +95,14 @@ class TransactionalRound:
         self.committed = 0  # transactions committed / aborted by this round object
         self.aborted = 0
         self.consecutive_failures = 0
+        self.pending: PendingEnd | None = None  # an EndTxn that got no answer in time (module doc)
 
     # ----------------------------------------------------------------------------- the producer's face
     def begin(self) -> None:
         """Open the round's transaction (local in kafka-python: the broker hears of it at the first send)."""
         if self.open:
             return
+        self.settle()
         try:
             self.producer.begin_transaction()
         except Exception as e:  # noqa: BLE001 - a fenced or broken producer
@@ -155,18 +127,13 @@ class TransactionalRound:
 
     # ----------------------------------------------------------------------------- the round
     def send_offsets(self, offsets: Mapping[Any, Any], group_metadata) -> None:
-        """Put the group's next offsets (``{TopicPartition: offset}``) into the open transaction.
-
-        ``group_metadata``: ``consumer.group_metadata()`` of the consuming worker, taken now (it
-        carries the generation the partitions were assigned in; a zombie's is refused by Kafka).
-        On the test broker a transaction that holds offsets but no record does not move the
-        committed offsets (after the producer's first transaction): a round always writes at
-        least its changelog markers.
-        """
+        """Put the group's next offsets (``{TopicPartition: offset}``) into the open transaction, with
+        ``consumer.group_metadata()`` taken now (a zombie's generation is refused by Kafka).  On the test
+        broker offsets in a transaction without records are ignored: a round always writes its markers."""
         self.begin()
         if self.sent == 0:
             log.warning("offsets sent in a transaction without records: the test broker (tansu 0.6) ignores them")
-        om = _as_offsets(offsets, self.metadata)
+        om = as_offsets(offsets, self.metadata)
         self._bounded(lambda: self.producer.send_offsets_to_transaction(om, group_metadata), "send the offsets")
 
     def commit(self, offsets: Mapping[Any, Any] | None = None, group_metadata=None) -> None:
@@ -185,7 +152,12 @@ class TransactionalRound:
             self.producer.flush(timeout=self.timeout_s)
         except Exception as e:  # noqa: BLE001 - KafkaTimeoutError: records not acknowledged in time
             self._fail(e, "flush the round's records")
-        self._bounded(self.producer.commit_transaction, "commit the transaction")
+        try:
+            self._end(self.producer.commit_transaction, "commit")
+        except TransactionInDoubt:
+            raise
+        except Exception as e:  # noqa: BLE001 - answered with an error
+            self._fail(e, "commit the transaction")
         self.open = False
         self.committed += 1
         self.consecutive_failures = 0
@@ -193,23 +165,32 @@ class TransactionalRound:
     def abort(self, cause: BaseException | None = None) -> None:
         """Abort the open transaction (its records are marked aborted, its offsets dropped).
 
-        A producer that cannot abort (error state, broker unreachable, overran ``timeout_s``) is
-        replaced: the new producer's ``init_transactions`` aborts the transaction on the broker.
-        Raises :class:`TransactionFenced` when the producer was fenced, :class:`TransactionFatal`
-        when no replacement can be made; otherwise returns with no transaction open.
+        An abort with no answer within ``timeout_s`` (or refused while an EndTxn is unanswered) is
+        *in doubt*: the producer is kept, never replaced (:attr:`pending`, module doc).  A producer
+        whose abort the broker refused otherwise (an error state that is not fencing) is replaced:
+        the new producer's ``init_transactions`` aborts the transaction on the broker.  Raises
+        :class:`TransactionFenced` when the producer was fenced, :class:`TransactionFatal` when no
+        replacement can be made; otherwise returns with no transaction open.
         """
         if is_fenced(cause, self.producer):
             self._fenced(cause)
         if not self.open and cause is None:
             return
         try:
-            self._run(self.producer.abort_transaction)
-        except Exception as e:  # noqa: BLE001
+            if self.pending is None:  # else that EndTxn is still pending: the next begin settles it
+                self._end(self.producer.abort_transaction, "abort")
+        except TransactionInDoubt:
+            pass  # aborted as far as this round knows; the producer is kept, not replaced
+        except Exception as e:  # noqa: BLE001 - answered with an error (a producer in a fatal state)
             if is_fenced(e, self.producer):
                 self._fenced(e)
-            log.warning("transaction abort failed (%s); replacing the producer (its init aborts the "
-                        "transaction on the broker)", e)
-            self._replace(e)
+            if end_txn_pending(self.producer):  # an EndTxn of its own still unanswered: in doubt, keep it
+                self.pending = PendingEnd(self._pool.submit(wait_end_txn, self.producer), "commit")
+                log.error("transaction abort refused while an EndTxn is unanswered (%s); not re-initialising", e)
+            else:
+                log.warning("transaction abort failed (%s); replacing the producer (its init aborts the "
+                            "transaction on the broker)", e)
+                self._replace(e)
         self.open = False
         self.sent = 0
         self.aborted += 1
@@ -228,16 +209,40 @@ class TransactionalRound:
             self._pool.shutdown(wait=False)
 
     # ----------------------------------------------------------------------------- internals
-    def _run(self, fn):
+    def _end(self, fn, what: str) -> None:
+        """EndTxn (``commit_transaction`` / ``abort_transaction``) bounded by ``timeout_s``; no answer ->
+        :attr:`pending`, :class:`TransactionInDoubt` (never a new producer: module doc)."""
         fut = self._pool.submit(fn)
         try:
-            return fut.result(timeout=self.timeout_s)
+            fut.result(timeout=self.timeout_s)
         except concurrent.futures.TimeoutError:
-            raise TimeoutError(f"no answer within {self.timeout_s:g} s") from None
+            self.pending, self.open, self.sent = PendingEnd(fut, what), False, 0
+            self.aborted += what == "commit"  # an abort is counted by abort()
+            self.consecutive_failures += what == "commit"
+            log.error("the %s (EndTxn) got no answer within %g s: the producer may be fenced; rewinding "
+                      "without re-initialising the transactional.id", what, self.timeout_s)
+            raise TransactionInDoubt(f"the {what} got no answer within {self.timeout_s:g} s (in doubt); "
+                                     "rewind to the committed offsets and replay") from None
+
+    def settle(self) -> None:
+        """Before the producer is used again: wait for a pending EndTxn (:meth:`PendingEnd.settle`)."""
+        if self.pending is None:
+            return
+        try:
+            self.pending.settle(self.timeout_s, self.producer)
+        except TransactionFenced as e:
+            self._fenced(e)
+        except TransactionFatal:
+            self.open = False
+            raise
+        log.warning("the pending %s (EndTxn) was answered; the same producer goes on", self.pending.what)
+        self.pending = None
 
     def _bounded(self, fn, what: str) -> None:
         try:
-            self._run(fn)
+            self._pool.submit(fn).result(timeout=self.timeout_s)
+        except concurrent.futures.TimeoutError:
+            self._fail(TimeoutError(f"no answer within {self.timeout_s:g} s"), what)
         except Exception as e:  # noqa: BLE001
             self._fail(e, what)
 
@@ -251,15 +256,8 @@ class TransactionalRound:
                                  "rewind to the committed offsets and replay", e) from e
 
     def _fenced(self, e: BaseException | None):
-        self.open = False
-        tid = getattr(self.producer, "config", {}).get("transactional_id")
-        try:
-            self.producer.close(timeout=0)
-        except Exception:  # noqa: BLE001 - closing a fenced producer
-            pass
-        raise TransactionFenced(
-            f"fenced: another producer initialised the transactional.id {tid!r} (a restarted copy of this worker, "
-            "or a second worker with the same SLOTWATCH_KAFKA__WORKER_ID); stopping without committing", e) from e
+        self.open, self.pending = False, None
+        raise fenced_error(self.producer, e) from e
 
     def _replace(self, cause: BaseException) -> None:
         old, self.producer = self.producer, None

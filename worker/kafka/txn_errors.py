@@ -1,5 +1,6 @@
 """What can go wrong with a Kafka transaction, as the worker tells it apart (see
-:mod:`worker.kafka.transactions`): fenced (fatal, exit 7), aborted (rewind and replay), fatal (exit 5)."""
+:mod:`worker.kafka.transactions`): fenced (fatal, exit 7), aborted (rewind and replay), in doubt
+(rewind, never re-initialise the id), fatal (exit 5)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,26 @@ class TransactionAborted(TransactionError):
     """The round was aborted (nothing of it is committed): rewind its partitions to the committed offsets and replay."""
 
 
+class TransactionInDoubt(TransactionAborted):
+    """EndTxn got no answer in time: the round may have committed, or been aborted, and the producer may have
+    been fenced (another producer may have bumped the epoch).  The producer is kept, never re-initialised;
+    the caller rewinds, and the next use of the producer first waits for that EndTxn (:class:`PendingEnd`)."""
+
+
+def fenced_error(producer, cause: BaseException | None) -> TransactionFenced:
+    """Close the fenced ``producer`` (no wait) and say what happened (``cause`` when it already is one)."""
+    tid = getattr(producer, "config", {}).get("transactional_id")
+    try:
+        producer.close(timeout=0)
+    except Exception:  # noqa: BLE001 - closing a fenced producer
+        pass
+    if isinstance(cause, TransactionFenced):
+        return cause
+    return TransactionFenced(
+        f"fenced: another producer initialised the transactional.id {tid!r} (a restarted copy of this worker, "
+        "or a second worker with the same SLOTWATCH_KAFKA__WORKER_ID); stopping without committing", cause)
+
+
 _FENCED_NAMES = ("ProducerFencedError", "InvalidProducerEpochError", "FencedInstanceIdError")
 
 
@@ -52,3 +73,40 @@ def is_fenced(exc: BaseException | None, producer=None) -> bool:
         exc = exc.__cause__ or getattr(exc, "cause", None)
     manager = getattr(producer, "_transaction_manager", None)  # kafka-python 3.0: no public accessor
     return isinstance(getattr(manager, "last_error", None), fenced)
+
+
+class PendingEnd:
+    """An EndTxn that got no answer within the round's timeout: the outcome is unknown.
+
+    Measured on the test broker (tansu 0.6): once another producer has initialised the same
+    transactional.id, an EndTxn (commit or abort) with the old epoch is not answered with
+    PRODUCER_FENCED; tansu logs ``ProducerFenced`` and closes the connection, and kafka-python
+    resends the request every ~100 ms for ever.  A producer *replaced* at this point (a new one
+    with the same id, ``init_transactions``) bumps the epoch again and fences the worker that
+    legitimately owns the id.  So a producer with an unanswered EndTxn is never replaced: the
+    caller rewinds, and the next use of the producer waits (at most ``timeout_s`` more) for the
+    pending EndTxn; fenced, or still no answer, stops the worker (exit code 7) without
+    re-initialising; an answer lets the same producer go on.
+    """
+
+    def __init__(self, future, what: str) -> None:
+        self.future = future  # concurrent.futures.Future of the blocked commit/abort call
+        self.what = what
+
+    def settle(self, timeout_s: float, producer) -> None:
+        """Wait for the pending EndTxn; return when answered, raise :class:`TransactionFenced` otherwise."""
+        import concurrent.futures
+
+        try:
+            self.future.result(timeout=timeout_s)
+            return
+        except concurrent.futures.TimeoutError:
+            raise TransactionFenced(
+                f"the {self.what} (EndTxn) got no answer in two timeouts: another producer may have taken the "
+                "transactional.id (the test broker closes a fenced producer's EndTxn connection instead of "
+                "answering); stopping without re-initialising the id") from None
+        except Exception as e:  # noqa: BLE001 - answered with an error
+            if is_fenced(e, producer):
+                raise TransactionFenced(f"fenced: the pending {self.what} was answered {type(e).__name__}", e) from e
+            raise TransactionFatal(f"the pending {self.what} failed ({type(e).__name__}: {e}); the producer is "
+                                   "unusable and is not re-initialised", e) from e
