@@ -191,7 +191,7 @@ def episode_step(a: AdaptParams, flagged: np.ndarray, err: np.ndarray, ep_len: n
 
 def returned(flagged: np.ndarray, peak: np.ndarray, z: np.ndarray, n_features: int, thr: float) -> np.ndarray:
     """(n,) flagged sensors whose level fell from its episode's peak by a flag's worth (tested as a level deviation)."""
-    return flagged & (level_tail(np.maximum(peak - z, 0.0), n_features) <= 1.0 - thr)
+    return flagged & (level_tail(np.maximum(peak - z, 0.0) / 2.0, n_features) <= 1.0 - thr)
 
 
 def score_tick(p: ScorerParams, a: AdaptParams, st: dict, err: np.ndarray, xs: np.ndarray, x32: np.ndarray,
