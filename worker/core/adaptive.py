@@ -30,15 +30,14 @@ stuck; one that always moved and stops is flagged after a handful of readings.
 a count).  :class:`~worker.core.detector.SlotDetector` takes ``quiet`` from the episode
 tracker's ``quiet_readings`` and also ends the run wherever the tracker closes an episode for
 its quiet period (``quiet_s`` too), so the scorer's run and the episode message are one
-episode.  While an episode is open the long-run statistics do not learn; the errors of the
-episode are averaged (``adapt_err_mean``/``adapt_err_var``).  When an episode reaches
-``accept_after`` readings its deviation is accepted as the new normal: the error statistics
-take the episode's, the level means take the current levels, a still feature's move rate is
-reset as if it had always been flat, and the reading says ``accepted``.  So a lasting change is
+episode.  While
+an episode is open the long-run statistics do not learn; the errors of the episode are
+averaged (``adapt_err_mean``/``adapt_err_var``).  When an episode reaches ``accept_after``
+readings its deviation is accepted as the new normal: the error statistics take the
+episode's, the level means take the current levels, a still feature's move rate is reset
+as if it had always been flat, and the reading says ``accepted``.  So a lasting change is
 flagged for at most ``accept_after`` readings (plus the quiet gaps), never for ever, and an
-incident shorter than that is never learned away.  With ``accept_on_return`` (off by default)
-a flagged episode is also accepted when its level z has fallen from the episode's peak
-(``adapt_peak``) by as much as a level flag needs: the anomaly ended, the testbed stays elsewhere.
+incident shorter than that is never learned away.
 
 >>> a = AdaptParams(level_scale=1.0, level_scales=(1.0, 3.0))  # feature 1 wanders three times as far when normal
 >>> d = np.array([[5.0, 0.0], [0.0, 5.0]])                       # 5 sd on feature 0, then on feature 1
@@ -73,8 +72,9 @@ from worker.core.scorer import ScorerParams, long_alpha, normal_sf, score_step
 
 #: the level channel's variance counts as at least this (scaled units, i.e. (1/4 of the sensor's std)**2)
 LEVEL_VAR_FLOOR = 0.0625
+
 #: state-table columns of this module, and all the columns a tick's scoring reads and writes
-ADAPT_COLUMNS = ("lvl", "lvl_mean", "lvl_var", "move_rate", "still_run", "adapt_len", "adapt_quiet", "adapt_err_mean", "adapt_err_var", "adapt_peak")
+ADAPT_COLUMNS = ("lvl", "lvl_mean", "lvl_var", "move_rate", "still_run", "adapt_len", "adapt_quiet", "adapt_err_mean", "adapt_err_var")
 STATE_COLUMNS = ("err_mean", "err_var", "err_short", *ADAPT_COLUMNS)
 
 
@@ -91,7 +91,6 @@ class AdaptParams:
     flat_p_max: float = 0.9  # cap of the move rate (readings are not independent)
     hold: float = 1.0  # within an open episode a reading stays flagged down to this share of the threshold's surprise
     level_scales: tuple = ()  # per feature, from calibration (empty: level_scale for every feature, older artifacts)
-    accept_on_return: bool = False  # accept an episode's level when it has come back from its peak by a flag's worth
 
     @property
     def level_alpha(self) -> float:
@@ -189,11 +188,6 @@ def episode_step(a: AdaptParams, flagged: np.ndarray, err: np.ndarray, ep_len: n
     return np.where(done, 0, n), np.where(done, 0, quiet), np.where(open_, m, 0.0), np.where(open_, v, 0.0), accept
 
 
-def returned(flagged: np.ndarray, peak: np.ndarray, z: np.ndarray, n_features: int, thr: float) -> np.ndarray:
-    """(n,) flagged sensors whose level fell from its episode's peak by a flag's worth (tested as a level deviation)."""
-    return flagged & (level_tail(np.maximum(peak - z, 0.0) / 2.0, n_features) <= 1.0 - thr)
-
-
 def score_tick(p: ScorerParams, a: AdaptParams, st: dict, err: np.ndarray, xs: np.ndarray, x32: np.ndarray,
                prev32: np.ndarray, count: np.ndarray, warm_n: np.ndarray, level_on: bool, flat_on: bool,
                threshold: float | None = None):
@@ -213,8 +207,10 @@ def score_tick(p: ScorerParams, a: AdaptParams, st: dict, err: np.ndarray, xs: n
     any_first = bool(first.any())  # the np.where(first, ...) below change nothing otherwise
     lm, lv = st["lvl_mean"], st["lvl_var"]
     if any_first:
-        lm, lv = np.where(first[:, None], 0.0, lm), np.where(first[:, None], 1.0, lv)
-        em0, ev0 = np.where(first, p.prior_mean, em0), np.where(first, p.prior_var, ev0)
+        lm = np.where(first[:, None], 0.0, lm)
+        lv = np.where(first[:, None], 1.0, lv)
+        em0 = np.where(first, p.prior_mean, em0)
+        ev0 = np.where(first, p.prior_var, ev0)
     lvl, z_lvl = level_step(a, xs, first, st["lvl"], lm, lv)
     if level_on:
         tail = np.minimum(tail, level_tail(z_lvl, xs.shape[-1]))
@@ -226,31 +222,30 @@ def score_tick(p: ScorerParams, a: AdaptParams, st: dict, err: np.ndarray, xs: n
         anom = (~warming) & (score >= thr)
     in_episode = st["adapt_len"] > 0
     if a.hold < 1.0:  # hysteresis: an open episode needs less surprise to go on than to start
-        anom = anom | ((~warming) & in_episode & (tail <= (1.0 - thr) ** a.hold))
+        hold_tail = (1.0 - thr) ** a.hold
+        anom = anom | ((~warming) & in_episode & (tail <= hold_tail))
     # the long-run statistics learn only outside episodes, and never from a flagged reading
     learn = ~(anom | in_episode)
     if not learn.all():
-        em, ev = np.where(learn, em, em0), np.where(learn, ev, ev0)
+        em = np.where(learn, em, em0)
+        ev = np.where(learn, ev, ev0)
     lm, lv = level_learn(alpha, learn, lvl, lm, lv)
     n_, q_, epm, epv, acc = episode_step(a, anom, err, st["adapt_len"], st["adapt_quiet"], st["adapt_err_mean"], st["adapt_err_var"])
-    peak = np.where(n_ > 0, np.maximum(st["adapt_peak"], z_lvl), 0.0)
-    if a.accept_on_return and level_on:
-        acc = acc | returned(anom & (n_ > 0), peak, z_lvl, xs.shape[-1], thr)
-        n_, q_, peak = np.where(acc, 0, n_), np.where(acc, 0, q_), np.where(acc, 0.0, peak)
     if acc.any():  # the horizon: this deviation is the new normal
-        em, ev = np.where(acc, epm, em), np.where(acc, np.maximum(ev, epv), ev)
+        em = np.where(acc, epm, em)
+        ev = np.where(acc, np.maximum(ev, epv), ev)
         lm = np.where(acc[:, None], lvl, lm)
         still = acc[:, None] & (run >= max(a.flat_min_run, 1))
         rate = np.where(still, 1.0 / (run + 2.0), rate)
         epm, epv = np.where(acc, 0.0, epm), np.where(acc, 0.0, epv)
     new = {"err_mean": em, "err_var": ev, "err_short": es, "lvl": lvl, "lvl_mean": lm, "lvl_var": lv, "move_rate": rate,
-           "still_run": run, "adapt_len": n_, "adapt_quiet": q_, "adapt_err_mean": epm, "adapt_err_var": epv, "adapt_peak": peak}
+           "still_run": run, "adapt_len": n_, "adapt_quiet": q_, "adapt_err_mean": epm, "adapt_err_var": epv}
     return score, anom, warming, tail, acc, new
 
 
 def fresh_state(n: int, n_features: int) -> dict:
     """:data:`STATE_COLUMNS` of ``n`` sensors that have seen nothing (what a reset gives)."""
-    st = {k: np.zeros(n) for k in ("err_mean", "err_var", "err_short", "adapt_err_mean", "adapt_err_var", "adapt_peak")}
+    st = {k: np.zeros(n) for k in ("err_mean", "err_var", "err_short", "adapt_err_mean", "adapt_err_var")}
     st.update(adapt_len=np.zeros(n, np.int64), adapt_quiet=np.zeros(n, np.int64), lvl=np.zeros((n, n_features)),
               lvl_mean=np.zeros((n, n_features)), lvl_var=np.ones((n, n_features)),
               move_rate=np.full((n, n_features), 0.5), still_run=np.zeros((n, n_features), np.int64))
