@@ -197,6 +197,10 @@ class ConfluentSource:
             out[p] = high
         return out
 
+    def probe_end_offsets(self, partitions) -> dict[int, int]:
+        """:meth:`end_offsets` from the broker probe's thread (librdkafka's calls are thread-safe)."""
+        return self.end_offsets(partitions)
+
     def close(self, timeout_ms: int) -> None:
         """Leave the group; librdkafka's close has no time limit (it waits for the coordinator during an
         outage), so it is given ``timeout_ms`` on a helper thread, then left behind."""
