@@ -114,19 +114,30 @@ class Telemetry:
     def maybe_probe(self, every_s: float = 5.0) -> None:
         """Every few seconds: end offsets of our partitions -> lag, and whether the broker answers.
 
-        The request runs on the probe's own thread (:class:`BrokerProbe`), not on the consumer
-        thread: a ListOffsets round trip took 14-41 ms (kafka-python) and 165-290 ms (confluent)
-        out of the poll loop.  Called every loop round: an answer is applied as soon as it came (so
-        a success is at most one round old), a new request made every ``every_s``."""
+        kafka-python: the request runs on the probe's own thread (:class:`BrokerProbe`), not on
+        the consumer thread (a ListOffsets round trip took 14-41 ms out of the poll loop).
+        confluent: on this thread, but from the watermarks librdkafka caches plus one metadata
+        request (the ListOffsets queries took 165-290 ms).  Called every loop round: a threaded
+        answer is applied as soon as it came (a success is at most one round old), a new request
+        made every ``every_s``."""
         now = time.monotonic()
         app = self.app
         parts = app.partitions
-        if self._probe is None:
-            self._probe = BrokerProbe(app.source, timeout_s=3.0)  # the request's own limit is 2 s
-        answer = self._probe.take(now)  # applied as soon as it is there: a success is never stale
-        if now - self._last_probe >= every_s:
+        if not getattr(app.source, "probe_on_thread", False):  # confluent: cached watermarks, on this thread
+            if now - self._last_probe < every_s:
+                return
             self._last_probe = now
-            self._probe.ask(sorted(parts.restored))
+            try:
+                answer = app.source.end_offsets(sorted(parts.restored))
+            except Exception as e:  # noqa: BLE001
+                answer = e
+        elif self._probe is None:
+            self._probe = BrokerProbe(app.source, timeout_s=3.0)  # the request's own limit is 2 s
+        if self._probe is not None:
+            answer = self._probe.take(now)  # applied as soon as it is there: a success is never stale
+            if now - self._last_probe >= every_s:
+                self._last_probe = now
+                self._probe.ask(sorted(parts.restored))
         if answer is None:  # nothing new (none asked, or the request still within its time)
             return
         if isinstance(answer, BaseException):

@@ -17,6 +17,8 @@ log = logging.getLogger("slotwatch.worker")
 class Source:
     """The readings topic, read by one consumer of the group."""
 
+    probe_on_thread = True  # the broker probe asks :meth:`probe_end_offsets` from its own thread
+
     def __init__(self, kafka_settings, consumer=None) -> None:
         self.settings = kafka_settings
         self.topic = kafka_settings.readings_topic
