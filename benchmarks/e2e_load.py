@@ -152,8 +152,12 @@ def bare_latency(bootstrap: str, topic: str, client: str, seconds_quiet: float, 
                  ready: str, group: bool = False) -> None:
     """Read the feed from its end, ``json.loads`` each reading, latency = now - ts; stop after
     ``expect`` readings or ``seconds_quiet`` without any.  Touches ``ready`` once positioned.
-    ``group``: a consumer-group member (subscribe, as the worker) instead of an assigned consumer."""
+    ``group``: a consumer-group member (subscribe, as the worker) instead of an assigned consumer.
+    ``$BARE_BUSY_MS``: after each poll with readings, that long of pure-Python work holding the
+    GIL (the worker's ~4 ms handling, without the worker), after the latency is taken."""
     from worker.settings import KafkaSettings
+
+    busy_s = float(os.environ.get("BARE_BUSY_MS") or 0) / 1000
 
     k = KafkaSettings()
     lat: list[np.ndarray] = []
@@ -206,6 +210,8 @@ def bare_latency(bootstrap: str, topic: str, client: str, seconds_quiet: float, 
         lat.append(time.time() * 1000 - ts)
         got += len(vals)
         t_last = time.monotonic()
+        while time.monotonic() - t_last < busy_s:
+            pass
     cpu = time.process_time() - cpu0
     c.close()
     a = np.concatenate(lat) if lat else np.zeros(0)

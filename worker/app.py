@@ -234,6 +234,7 @@ class Worker:
         if self.watch is not None:
             self.watch.close()
         self.checkpoints.close()
+        self.telemetry.close()
         try:
             self.source.close(timeout_ms=max(100, int((deadline - time.monotonic()) * 1000)))
         except Exception as e:  # noqa: BLE001

@@ -17,10 +17,13 @@ log = logging.getLogger("slotwatch.worker")
 class Source:
     """The readings topic, read by one consumer of the group."""
 
+    probe_on_thread = True  # the broker probe asks :meth:`probe_end_offsets` from its own thread
+
     def __init__(self, kafka_settings, consumer=None) -> None:
         self.settings = kafka_settings
         self.topic = kafka_settings.readings_topic
         self.consumer = consumer
+        self._prober = None  # the broker probe's own consumer (kafka-python's is not thread-safe)
 
     def connect(self) -> None:
         """Create the consumer (raises while the brokers cannot be reached)."""
@@ -81,7 +84,26 @@ class Source:
             return {}
         return {tp.partition: end for tp, end in self.consumer.end_offsets(tps, timeout_ms=2000).items()}
 
+    def probe_end_offsets(self, partitions) -> dict[int, int]:
+        """:meth:`end_offsets` for the broker probe's thread: on a consumer of its own (no group),
+        made on first use, so the ListOffsets round trip stays off the polling consumer."""
+        if self._prober is None:
+            from worker.kafka.clients import make_consumer
+
+            self._prober = make_consumer(self.settings, group_id=None)
+        tps = [self.tp(p) for p in partitions]
+        if not tps:
+            self._prober.topics()
+            return {}
+        return {tp.partition: end for tp, end in self._prober.end_offsets(tps, timeout_ms=2000).items()}
+
     def close(self, timeout_ms: int) -> None:
+        prober, self._prober = self._prober, None
+        if prober is not None:
+            try:
+                prober.close(autocommit=False, timeout_ms=min(timeout_ms, 1000))
+            except Exception:  # noqa: BLE001
+                pass
         if self.consumer is not None:
             self.consumer.close(autocommit=False, timeout_ms=timeout_ms)
 
