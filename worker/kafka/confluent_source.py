@@ -18,7 +18,8 @@ import logging
 import threading
 import time
 
-from worker.kafka.polled import OffsetAndMetadata, PartitionRecords, TopicPartition
+from worker.kafka.polled import PartitionRecords, TopicPartition
+from worker.kafka.source import Source
 
 log = logging.getLogger("slotwatch.worker")
 
@@ -131,12 +132,8 @@ class ConfluentSource:
             return self.ck.TopicPartition(tp.topic, tp.partition)
         return self.ck.TopicPartition(tp.topic, tp.partition, offset)
 
-    def tp(self, partition: int):
-        return TopicPartition(self.topic, partition)
-
-    @staticmethod
-    def offset(next_offset: int, metadata: str):
-        return OffsetAndMetadata(next_offset, metadata, -1)
+    tp = Source.tp  # the worker's neutral partition and offset types, as the kafka-python source makes them
+    offset = staticmethod(Source.offset)
 
     def assigned(self) -> set[int]:
         """Partitions of the readings topic assigned to this consumer (empty when unknown)."""
