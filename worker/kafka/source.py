@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from worker.kafka.polled import OffsetAndMetadata, TopicPartition, from_kafka_python
+from worker.kafka.polled import OffsetAndMetadata, PartitionRecords, TopicPartition, from_kafka_python
 
 log = logging.getLogger("slotwatch.worker")
 
@@ -29,8 +29,12 @@ class Source:
         """Create the consumer (raises while the brokers cannot be reached)."""
         if self.consumer is None:
             from worker.kafka.clients import make_consumer
+            from worker.kafka.fast_records import install
 
-            self.consumer = make_consumer(self.settings)
+            consumer = make_consumer(self.settings)
+            if self.settings.fast_records:
+                install(consumer)  # records parsed a batch at a time into values and offsets (worker.kafka.fast_records)
+            self.consumer = consumer
 
     def subscribe(self, lifecycle, on_fatal) -> None:
         """Join the group; rebalances call ``lifecycle.assigned/revoked`` (inside :meth:`poll`)."""
@@ -38,8 +42,18 @@ class Source:
 
     def poll(self) -> dict:
         """{TopicPartition: PartitionRecords} of one poll (empty when nothing came within the poll timeout)."""
-        k = self.settings
-        return from_kafka_python(self.consumer.poll(timeout_ms=k.poll_timeout_ms, max_records=k.max_poll_records))
+        from worker.kafka.fast_records import offsets_of
+
+        k, c = self.settings, self.consumer
+        side = offsets_of(c)
+        if side is None:  # a consumer without worker.kafka.fast_records (e.g. handed in by a test)
+            return from_kafka_python(c.poll(timeout_ms=k.poll_timeout_ms, max_records=k.max_poll_records))
+        side.clear()
+        polled = c.poll(timeout_ms=k.poll_timeout_ms, max_records=k.max_poll_records)  # {tp: [value, ...]}
+        out = {tp: PartitionRecords(values, side.pop(tp)) for tp, values in polled.items() if values}
+        if side or any(len(pr.values) != len(pr.offsets) for pr in out.values()):
+            raise RuntimeError(f"columnar poll out of step: {sorted(map(str, side))} left over")  # cannot happen
+        return out
 
     def tp(self, partition: int):
         return TopicPartition(self.topic, partition)

@@ -69,6 +69,10 @@ class KafkaSettings(BaseModel):
     fetch_max_wait_ms: int = Field(
         20, ge=0, description="How long the broker may hold a fetch for more data (latency floor; Kafka's default 500 adds up to 0.5 s)."
     )
+    fast_records: bool = Field(
+        True, description="kafka-python: the worker's consumer parses each fetched record batch at once into values and offsets "
+        "(worker.kafka.fast_records, same bytes and offsets; kafka-python's own per-record parsing when false).",
+    )
     session_timeout_ms: int = Field(10000, gt=0, description="Consumer group session timeout.")
     heartbeat_interval_ms: int = Field(3000, gt=0, description="Consumer group heartbeat interval.")
     max_poll_interval_ms: int = Field(300000, gt=0, description="Max time between polls before the group evicts us.")
