@@ -75,12 +75,13 @@ def _produce(bootstrap: str, topic: str, n: int, sensors: int, progress: bool, t
     return n / (time.perf_counter() - t)
 
 
-def _bare_consume(bootstrap: str, topic: str, n: int, client: str = "kafka-python") -> dict:
-    """The baseline: ``client`` reads and ``json.loads`` every message (benchmarks.clients' consumer, own process)."""
+def _bare_consume(bootstrap: str, topic: str, n: int, client: str = "kafka-python", fast_records: bool = False) -> dict:
+    """The baseline: ``client`` reads and ``json.loads`` every message (benchmarks.clients' consumer, own process);
+    ``fast_records``: kafka-python with the worker's record parsing (worker.kafka.fast_records)."""
     from benchmarks.clients import _run_child
 
     return _run_child({"client": "confluent-kafka" if client == "confluent" else "kafka-python", "role": "consume",
-                       "bootstrap": bootstrap, "topic": topic, "n": n, "decode": "json"})
+                       "bootstrap": bootstrap, "topic": topic, "n": n, "decode": "json", "fast_records": fast_records})
 
 
 def _scrape(port: int) -> dict:
@@ -120,11 +121,33 @@ def _stop(proc) -> int:
         return proc.wait()
 
 
-def _worker_rate(proc, port: int, n: int, progress: bool, timeout: float = 1800) -> dict:
+def rate_of(points: list[tuple[float, float]], n: int) -> float:
+    """Readings/s from (time, consumed) scrapes: between the first that saw readings and the last
+    before the worker reached ``n`` (the worker's steady rate: the scrape that sees the end comes
+    up to one interval after it), or the end one when no scrape fell in between.
+
+    >>> rate_of([(0.0, 0), (1.0, 100), (2.0, 1100), (3.0, 2100), (4.0, 2500)], 2500)
+    1000.0
+    >>> rate_of([(0.0, 100), (1.0, 2500)], 2500)
+    2400.0
+    """
+    seen = [(t, c) for t, c in points if c > 0]
+    (t0, c0), inside = seen[0], [(t, c) for t, c in seen[1:] if c < n]
+    t1, c1 = inside[-1] if inside else seen[-1]
+    return (c1 - c0) / (t1 - t0)
+
+
+def _worker_rate(proc, port: int, n: int, progress: bool, timeout: float = 1800, every_s: float = 1.0) -> dict:
+    """Run until the worker consumed ``n``; its rate off /metrics scraped every ``every_s`` (a scrape
+    renders every metric holding the GIL: at 5 a second, as before, it took ~5% of the worker; a
+    Prometheus server scrapes every 15-30 s)."""
     from tqdm import tqdm
 
     bar = tqdm(total=n, desc="worker", unit="msg", unit_scale=True, disable=not progress, mininterval=1)
-    t_first = c_first = None
+    from benchmarks.e2e_load import cpu_of
+
+    points: list[tuple[float, float]] = []
+    cpus: list[float] = []  # the worker's CPU seconds at each scrape
     last = 0.0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -136,20 +159,20 @@ def _worker_rate(proc, port: int, n: int, progress: bool, timeout: float = 1800)
             time.sleep(0.5)
             continue
         c = m.get("slotwatch_readings_consumed_total", 0.0)
-        now = time.perf_counter()
-        if c > 0 and t_first is None:
-            t_first, c_first = now, c
+        points.append((time.perf_counter(), c))
+        cpus.append(cpu_of(proc.pid))
         bar.update(c - last)
         last = c
         if c >= n:
             bar.close()
-            return {"readings_per_s": (c - c_first) / (now - t_first), "consumed": c,
+            cpu = rate_of(list(zip(cpus, (c for _, c in points))), n)  # readings per worker CPU second, same points
+            return {"readings_per_s": rate_of(points, n), "cpu_us_per_reading": 1e6 / cpu, "consumed": c, "scrapes": len(points),
                     "scored": m.get("slotwatch_readings_scored_total", 0.0),
                     "rejected": m.get("slotwatch_readings_rejected_total", 0.0),
                     "rewinds": m.get("slotwatch_rewinds_total", 0.0),  # a core failure replays a poll one reading at a time
                     "tick_seconds_avg": m.get("slotwatch_tick_duration_seconds_sum", 0) / max(m.get("slotwatch_tick_duration_seconds_count", 1), 1),
                     "checkpoint_seconds_sum": m.get("slotwatch_checkpoint_duration_seconds_sum", 0.0)}
-        time.sleep(0.2)
+        time.sleep(every_s if c > 0 else 0.05)  # fine until the first readings, then seldom
     raise TimeoutError("worker did not finish")
 
 
@@ -360,6 +383,10 @@ def run(readings: int, sensors: int, latency_s: float, progress: bool = True, cl
                 print(f"bare consumer [{client}]", flush=True)
                 res["bare"][client] = _bare_consume(broker.bootstrap, run_topics["readings"], readings, client)
                 print(f"  {res['bare'][client].get('per_s', 0):,.0f} readings/s", flush=True)
+                if client == "kafka-python":  # the same consumer with the worker's record parsing
+                    res["bare"]["kafka-python+fast_records"] = b = _bare_consume(broker.bootstrap, run_topics["readings"],
+                                                                                 readings, client, fast_records=True)
+                    print(f"  with fast_records: {b.get('per_s', 0):,.0f} readings/s", flush=True)
             if not worker_has_client(client):
                 res["workers"][f"{client}/default"] = {"error": f"this worker has no SLOTWATCH_KAFKA__CLIENT={client}"}
                 continue
@@ -377,7 +404,9 @@ def run(readings: int, sensors: int, latency_s: float, progress: bool = True, cl
                     finally:
                         code = _stop(proc)
                     bare = res["bare"][client].get("per_s")
-                    res["workers"][key] = dict(w, exit_code=code, over_bare=w["readings_per_s"] / bare if bare else None)
+                    fast = res["bare"].get(f"{client}+fast_records", {}).get("per_s")
+                    res["workers"][key] = dict(w, exit_code=code, over_bare=w["readings_per_s"] / bare if bare else None,
+                                               over_bare_fast_records=w["readings_per_s"] / fast if fast else None)
                     print(f"  worker [{key}]: {w['readings_per_s']:,.0f} readings/s", flush=True)
                 half = res["workers"].get(f"{client}/default", {}).get("readings_per_s")
                 rs = [half / 2 if r == "half" else float(r) for r in rates if r != "half" or half]
@@ -419,6 +448,8 @@ def _ratios(res: dict) -> dict:
     for key, v in w.items():
         if v.get("over_bare") is not None:
             out[f"worker/bare {key}"] = v["over_bare"]
+        if v.get("over_bare_fast_records") is not None:
+            out[f"worker/(bare+fast_records) {key}"] = v["over_bare_fast_records"]
     kp, ck = w.get("kafka-python/default", {}).get("readings_per_s"), w.get("confluent/default", {}).get("readings_per_s")
     if kp and ck:
         out["worker confluent/kafka-python"] = ck / kp
@@ -454,16 +485,20 @@ def report(res: dict) -> str:
              f"{la0[0]:.2f}/{la0[1]:.2f}/{la0[2]:.2f}, at the end {la1[0]:.2f}/{la1[1]:.2f}/{la1[2]:.2f}.", ""]
     rows = []
     for client, b in res["bare"].items():
-        rows.append({"what": f"bare {client} consumer + json.loads", "readings_per_s": _f(b.get("per_s")), "ratio": "1 (baseline)"})
+        rows.append({"what": f"bare {client} consumer + json.loads", "readings_per_s": _f(b.get("per_s")),
+                     "ratio": "" if "+" in client else "1 (baseline)",
+                     "cpu_us_per_reading": _f(b.get("cpu_us"), "{:.1f}")})
         for key, w in res["workers"].items():
             if key.startswith(client + "/"):
+                fast = w.get("over_bare_fast_records")
                 rows.append({"what": f"worker {key} (B=256, units 64, anomalies only)",
                              "readings_per_s": _f(w.get("readings_per_s")) if "error" not in w else w["error"],
-                             "ratio": _f(w.get("over_bare"), "{:.2f}x")})
+                             "ratio": _f(w.get("over_bare"), "{:.2f}x") + (f" ({fast:.2f}x of +fast_records)" if fast else ""),
+                             "cpu_us_per_reading": _f(w.get("cpu_us_per_reading"), "{:.1f}")})
     if "produce_per_s" in res:
         rows.append({"what": "producer filling the topic (kafka-python, for reference)", "readings_per_s": _f(res["produce_per_s"]), "ratio": ""})
     if rows:
-        lines += [md_table(rows, ["what", "readings_per_s", "ratio"]), ""]
+        lines += [md_table(rows, ["what", "readings_per_s", "ratio", "cpu_us_per_reading"]), ""]
     for k, v in res["ratios"].items():
         lines.append(f"- {k}: {v:.2f}x")
     lines += ["", "### Latency, reading time stamp to score", "",
