@@ -68,9 +68,14 @@ from worker.kafka.txn_errors import (  # noqa: F401 - re-exported
     PendingEnd, TransactionAborted, TransactionError, TransactionFatal, TransactionFenced, TransactionInDoubt,
     fenced_error, is_fenced)
 from worker.kafka.txn_producer import (  # noqa: F401 - re-exported
-    as_offsets, end_txn_pending, make_transactional_producer, transactional_id, wait_end_txn, worker_identity)
+    as_offsets, end_txn_pending, make_round, make_transactional_producer, transactional_id, wait_end_txn, worker_identity)
 
 log = logging.getLogger("slotwatch.transactions")
+
+
+def group_metadata(consumer):
+    """What a round sends the offsets with (KIP-447): the kafka-python consumer's ``group_metadata()``."""
+    return consumer.group_metadata()
 
 
 class TransactionalRound:
@@ -92,12 +97,13 @@ class TransactionalRound:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="slotwatch-txn")
         self.open = False
         self.sent = 0  # records sent in the open transaction
-        self.committed = 0  # transactions committed / aborted by this round object
-        self.aborted = 0
+        self.committed = self.aborted = 0  # transactions committed / aborted by this round object
         self.consecutive_failures = 0
         self.pending: PendingEnd | None = None  # an EndTxn that got no answer in time (module doc)
 
     # ----------------------------------------------------------------------------- the producer's face
+    group_metadata = staticmethod(group_metadata)  # what the offsets are sent with: consumer.group_metadata()
+
     def begin(self) -> None:
         """Open the round's transaction (local in kafka-python: the broker hears of it at the first send)."""
         if self.open:

@@ -37,13 +37,15 @@ class TransactionInDoubt(TransactionAborted):
     the caller rewinds, and the next use of the producer first waits for that EndTxn (:class:`PendingEnd`)."""
 
 
-def fenced_error(producer, cause: BaseException | None) -> TransactionFenced:
-    """Close the fenced ``producer`` (no wait) and say what happened (``cause`` when it already is one)."""
-    tid = getattr(producer, "config", {}).get("transactional_id")
-    try:
-        producer.close(timeout=0)
-    except Exception:  # noqa: BLE001 - closing a fenced producer
-        pass
+def fenced_error(producer, cause: BaseException | None, tid: str | None = None) -> TransactionFenced:
+    """Close the fenced kafka-python ``producer`` (no wait; ``None``: nothing to close) and say what happened
+    (``cause`` when it already is one)."""
+    if producer is not None:
+        tid = getattr(producer, "config", {}).get("transactional_id")
+        try:
+            producer.close(timeout=0)
+        except Exception:  # noqa: BLE001 - closing a fenced producer
+            pass
     if isinstance(cause, TransactionFenced):
         return cause
     return TransactionFenced(
