@@ -32,14 +32,14 @@ import logging
 import time
 
 from worker.kafka.confluent_txn_producer import (  # noqa: F401 - re-exported
-    Delivery, error_code, is_fenced, make_confluent_transactional_producer)
+    Delivery, error_code, is_fatal, is_fenced, make_confluent_transactional_producer)
 from worker.kafka.txn_errors import (
-    TransactionAborted, TransactionError, TransactionFatal, TransactionFenced, TransactionInDoubt, fenced_error)
+    RoundFailures, TransactionError, TransactionFatal, TransactionFenced, TransactionInDoubt, fenced_error)
 
 log = logging.getLogger("slotwatch.transactions")
 
 
-class ConfluentTransactionalRound:
+class ConfluentTransactionalRound(RoundFailures):
     """One transaction per checkpoint round (module doc); ``factory()``: an initialised librdkafka producer."""
 
     def __init__(self, factory, *, timeout_s: float = 30.0, metadata: str = "slotwatch", transactional_id=None) -> None:
@@ -144,7 +144,8 @@ class ConfluentTransactionalRound:
         if not self.open and cause is None:
             return
         try:
-            if self.pending is None:  # else that EndTxn is still pending: the next begin settles it
+            # no EndTxn when none is begun (but a fatal producer's: it fails, replacing it) or one is pending (settle)
+            if self.pending is None and (self.open or is_fatal(cause) or is_fatal(self.fatal_error)):
                 self._end("abort")
         except TransactionInDoubt:
             pass
@@ -219,22 +220,9 @@ class ConfluentTransactionalRound:
     def _is_fenced(self, exc: BaseException | None) -> bool:
         return is_fenced(exc) or is_fenced(self.fatal_error)
 
-    def _fail(self, e: BaseException, what: str):
-        if self._is_fenced(e):
-            self._fenced(e)
-        log.warning("could not %s (%s: %s); aborting the round", what, type(e).__name__, e)
-        self.abort(e)
-        raise TransactionAborted(f"transaction aborted: could not {what} ({type(e).__name__}: {e}); "
-                                 "rewind to the committed offsets and replay", e) from e
-
-    def _fenced(self, e: BaseException | None):
-        self.open, self.pending = False, None
-        raise fenced_error(None, e, self.transactional_id) from e
+    def _fenced_error(self, e: BaseException | None) -> TransactionFenced:
+        return fenced_error(None, e, self.transactional_id)
 
     def _replace(self, cause: BaseException) -> None:
         self.producer, self.fatal_error = None, None
-        try:
-            self.producer = self._factory()
-        except Exception as e:  # noqa: BLE001
-            raise TransactionFatal(f"cannot replace the transactional producer after {type(cause).__name__}: "
-                                   f"{type(e).__name__}: {e}", e) from e
+        self._new_producer(cause)

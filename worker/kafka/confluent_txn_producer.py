@@ -17,6 +17,17 @@ def error_code(e) -> int | None:
     return err.code() if hasattr(err, "code") and hasattr(err, "txn_requires_abort") else None
 
 
+def is_fatal(exc: BaseException | None) -> bool:
+    """``exc`` or one of its causes is a fatal librdkafka error (the producer cannot be used again)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if error_code(exc) is not None and exc.args[0].fatal():
+            return True
+        exc = exc.__cause__ or getattr(exc, "cause", None)
+    return False
+
+
 def is_fenced(exc: BaseException | None) -> bool:
     """``exc`` or one of its causes says another producer took the transactional.id."""
     from confluent_kafka import KafkaError as E

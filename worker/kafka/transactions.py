@@ -65,7 +65,7 @@ from typing import Any
 
 from worker.kafka.committed import make_committed_reader, read_committed_config  # noqa: F401 - re-exported
 from worker.kafka.txn_errors import (  # noqa: F401 - re-exported
-    PendingEnd, TransactionAborted, TransactionError, TransactionFatal, TransactionFenced, TransactionInDoubt,
+    PendingEnd, RoundFailures, TransactionAborted, TransactionError, TransactionFatal, TransactionFenced, TransactionInDoubt,
     fenced_error, is_fenced)
 from worker.kafka.txn_producer import (  # noqa: F401 - re-exported
     as_offsets, end_txn_pending, make_round, make_transactional_producer, transactional_id, wait_end_txn, worker_identity)
@@ -78,7 +78,7 @@ def group_metadata(consumer):
     return consumer.group_metadata()
 
 
-class TransactionalRound:
+class TransactionalRound(RoundFailures):
     """One Kafka transaction per checkpoint round, over a transactional producer.
 
     It quacks like the producer for what the sink and the changelog writer use (``send``,
@@ -252,18 +252,11 @@ class TransactionalRound:
         except Exception as e:  # noqa: BLE001
             self._fail(e, what)
 
-    def _fail(self, e: BaseException, what: str):
-        """Map a failure: fenced -> TransactionFenced; else abort the round -> TransactionAborted."""
-        if is_fenced(e, self.producer):
-            self._fenced(e)
-        log.warning("could not %s (%s: %s); aborting the round", what, type(e).__name__, e)
-        self.abort(e)
-        raise TransactionAborted(f"transaction aborted: could not {what} ({type(e).__name__}: {e}); "
-                                 "rewind to the committed offsets and replay", e) from e
+    def _is_fenced(self, e: BaseException | None) -> bool:
+        return is_fenced(e, self.producer)
 
-    def _fenced(self, e: BaseException | None):
-        self.open, self.pending = False, None
-        raise fenced_error(self.producer, e) from e
+    def _fenced_error(self, e: BaseException | None) -> TransactionFenced:
+        return fenced_error(self.producer, e)
 
     def _replace(self, cause: BaseException) -> None:
         old, self.producer = self.producer, None
@@ -273,8 +266,4 @@ class TransactionalRound:
             old.close(timeout=0)
         except Exception:  # noqa: BLE001
             pass
-        try:
-            self.producer = self._factory()
-        except Exception as e:  # noqa: BLE001
-            raise TransactionFatal(f"cannot replace the transactional producer after {type(cause).__name__}: "
-                                   f"{type(e).__name__}: {e}", e) from e
+        self._new_producer(cause)
