@@ -1,5 +1,5 @@
 """Issue 11 item 2: the confluent-kafka client's start-up refusals (no broker needed): the package
-missing, and exactly-once (not supported with this client yet); the settings -> librdkafka mapping
+missing; exactly-once's producer config; the settings -> librdkafka mapping
 of TLS/SASL as librdkafka itself accepts it."""
 
 from __future__ import annotations
@@ -31,13 +31,20 @@ def test_confluent_without_the_package_stops_at_start_with_what_to_install(artif
     assert "pip install 'slotwatch[confluent]'" in r.stderr
 
 
-def test_exactly_once_with_confluent_is_refused_at_start(artifact_1f, tmp_path):
-    with pytest.raises(ValueError, match="not supported with SLOTWATCH_KAFKA__CLIENT=confluent yet"):
-        Settings(kafka={"client": "confluent", "exactly_once": True})
-    r = _run({"SLOTWATCH_KAFKA__CLIENT": "confluent", "SLOTWATCH_KAFKA__EXACTLY_ONCE": "true",
-              "SLOTWATCH_CHECKPOINT__STATE_STORE": "kafka"}, artifact_1f, tmp_path, block_confluent=False)
-    assert r.returncode == EXIT_CONFIG, r.stderr[-2000:]
-    assert "SLOTWATCH_KAFKA__EXACTLY_ONCE is not supported with SLOTWATCH_KAFKA__CLIENT=confluent yet" in r.stderr
+def test_exactly_once_with_confluent_is_accepted_and_its_producer_config_is_one_librdkafka_takes():
+    """Exactly-once works with either client now (worker/kafka/confluent_txn.py); librdkafka refuses a
+    message timeout above the transaction timeout, so the transactional config caps it (and the socket timeout)."""
+    pytest.importorskip("confluent_kafka")
+    from confluent_kafka import Producer
+
+    from worker.kafka.confluent_config import transactional_producer_config
+
+    s = Settings(kafka={"client": "confluent", "exactly_once": True, "transaction_timeout_ms": 20000},
+                 checkpoint={"state_store": "kafka", "interval_s": 5})
+    assert s.kafka.exactly_once and s.kafka.client == "confluent"
+    cfg = transactional_producer_config(s.kafka, "slotwatch.g.w")
+    assert cfg["message.timeout.ms"] == 20000 and cfg["socket.timeout.ms"] == 19900  # request timeout 30 s is capped
+    Producer(cfg).flush(0)  # librdkafka accepts it (it raises at creation for message.timeout.ms > transaction timeout)
 
 
 def test_security_settings_make_a_config_librdkafka_accepts(tmp_path):

@@ -6,6 +6,9 @@ readers (DESIGN.md: its fetch answers carry no aborted-transactions list); the c
 one transaction on purpose and asserts what a reader then sees: on tansu exactly the aborted
 round's records twice (byte-identical to their replayed copies), on a real Kafka
 (SLOTWATCH_TEST_BOOTSTRAP) every score exactly once.
+
+Every test runs once per Kafka client of the worker (``kafka_client``: kafka-python, and confluent-kafka
+when installed, whose round is worker.kafka.confluent_txn.ConfluentTransactionalRound).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def _eos(topics, **ck):
     return {"state_store": "kafka", "changelog_topic": topics["changelog"], "interval_s": 50.0, **ck}
 
 
-def test_read_committed_sees_each_score_once_and_nothing_of_an_open_round(kafka_broker, art1, artifact_1f, tmp_path):
+def test_read_committed_sees_each_score_once_and_nothing_of_an_open_round(kafka_broker, art1, artifact_1f, tmp_path, kafka_client):
     data, ids = sine_fleet(12, 20, 1, seed=31), [f"s{i}" for i in range(12)]
     topics = _setup(kafka_broker, "eos-committed")
     part = partition_by_index(N_PART)
@@ -99,7 +102,7 @@ def test_read_committed_sees_each_score_once_and_nothing_of_an_open_round(kafka_
     _check_states(kafka_broker, art1, s, topics, first + second, dict(w.worker.committed), 20)
 
 
-def test_kill_9_inside_a_round_aborts_it_and_the_restart_replays_it(kafka_broker, art1, artifact_1f, tmp_path):
+def test_kill_9_inside_a_round_aborts_it_and_the_restart_replays_it(kafka_broker, art1, artifact_1f, tmp_path, kafka_client):
     data, ids = sine_fleet(15, 24, 1, seed=32), [f"s{i}" for i in range(15)]
     topics = _setup(kafka_broker, "eos-crash")
     part = partition_by_index(N_PART)
@@ -179,7 +182,7 @@ def _committed(kafka_broker, group: str, topic: str) -> dict[int, int]:
         c.close()
 
 
-def test_a_second_worker_with_the_same_id_fences_the_first(kafka_broker, art1, artifact_1f, tmp_path):
+def test_a_second_worker_with_the_same_id_fences_the_first(kafka_broker, art1, artifact_1f, tmp_path, kafka_client):
     data, ids = sine_fleet(9, 30, 1, seed=33), [f"s{i}" for i in range(9)]
     topics = _setup(kafka_broker, "eos-fence")
     part = partition_by_index(N_PART)
@@ -222,7 +225,7 @@ def _wait(cond, what: str, timeout: float = 90.0, alive=()) -> None:
         time.sleep(0.1)
 
 
-def test_a_revoke_commits_the_open_transaction_and_each_score_is_committed_once(kafka_broker, art1, artifact_1f, tmp_path):
+def test_a_revoke_commits_the_open_transaction_and_each_score_is_committed_once(kafka_broker, art1, artifact_1f, tmp_path, kafka_client):
     """A second worker joins while the first has an open transaction (scores sent, no round due): the
     first commits it on revoke, within the revoke budget, before the partitions move; the
     read_committed output holds each reading's score once (nothing aborted, so on tansu too)."""

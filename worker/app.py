@@ -167,11 +167,9 @@ class Worker:
 
     def _transactions(self):
         """Exactly-once: the round's transaction (its producer's init aborts a predecessor's open transaction)."""
-        from worker.kafka.transactions import TransactionalRound, make_transactional_producer
+        from worker.kafka.transactions import make_round
 
-        k = self.settings.kafka
-        return TransactionalRound(lambda: make_transactional_producer(k, max_block_ms=10_000),
-                                  timeout_s=k.request_timeout_ms / 1000)
+        return make_round(self.settings.kafka)  # kafka-python's or confluent-kafka's, as SLOTWATCH_KAFKA__CLIENT
 
     def run(self) -> int:
         from kafka import TopicPartition  # noqa: F401 - fail early when kafka-python is missing

@@ -73,7 +73,7 @@ class ExactlyOnceRounds:
             recs = r.changelog_records
             total = self.coord.changelog.write(recs) if recs else 0  # step 3: into the transaction, acknowledged
             offsets = self.owned(r.offsets)
-            self.txn.commit(offsets, self.app.source.consumer.group_metadata())  # step 4
+            self.txn.commit(offsets, self.txn.group_metadata(self.app.source.consumer))  # step 4
         except TransactionError as e:
             self.failed(e)
             return False

@@ -132,13 +132,15 @@ def make_source(k: KafkaSettings):
 
 def make_sink(k: KafkaSettings, producer, metrics, on_outage=None):
     """The worker's sink: over ``producer`` (kafka-python's, or exactly-once's transactional round) by default;
-    over a new librdkafka producer with ``client=confluent`` (``producer`` is then not used)."""
+    with ``client=confluent`` over a new librdkafka producer, or with exactly-once over ``producer``, the
+    round of :func:`worker.kafka.txn_producer.make_round` (a :class:`~worker.kafka.confluent_txn.ConfluentTransactionalRound`)."""
     backoff = k.retry_backoff_ms / 1000
     if k.client == "confluent":
         from worker.kafka.confluent_config import producer_config, require_confluent
         from worker.kafka.confluent_sink import ConfluentSink
 
-        return ConfluentSink(require_confluent().Producer(producer_config(k)), metrics, backoff, on_outage=on_outage)
+        prod = producer if k.exactly_once else require_confluent().Producer(producer_config(k))
+        return ConfluentSink(prod, metrics, backoff, on_outage=on_outage)
     from worker.kafka.sink import Sink
 
     return Sink(producer, metrics, backoff, on_outage=on_outage)

@@ -118,3 +118,24 @@ def producer_config(k: KafkaSettings) -> dict:
             "message.max.bytes": max(1_000_000, k.max_message_bytes * 2),
         },
     )
+
+
+def transactional_producer_config(k: KafkaSettings, transactional_id: str) -> dict:
+    """Exactly-once: :func:`producer_config` with ``transactional.id`` and ``transaction.timeout.ms``.
+
+    librdkafka refuses a ``message.timeout.ms`` above the transaction timeout (and a socket timeout
+    within 100 ms of it): a message the brokers do not take within the transaction's life fails, and
+    the round is aborted and replayed (no epoch bump: the producer is transactional).
+
+    >>> from worker.settings import KafkaSettings
+    >>> c = transactional_producer_config(KafkaSettings(transaction_timeout_ms=20000), "slotwatch.g.w")
+    >>> c["transactional.id"], c["transaction.timeout.ms"], c["message.timeout.ms"], c["socket.timeout.ms"]
+    ('slotwatch.g.w', 20000, 20000, 19900)
+    """
+    t = k.transaction_timeout_ms
+    return dict(producer_config(k), **{
+        "transactional.id": transactional_id,
+        "transaction.timeout.ms": t,
+        "message.timeout.ms": t,
+        "socket.timeout.ms": min(k.request_timeout_ms, t - 100),
+    })

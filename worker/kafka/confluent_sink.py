@@ -7,6 +7,11 @@ Delivery callbacks are served where librdkafka serves them, on the calling threa
 :meth:`ConfluentSink.publish_counts` (once per poll), and by ``flush``.  One callback per kind
 (no object per message); a failed delivery is rebuilt from the delivered message itself and
 kept to be sent again, as with kafka-python.
+
+Exactly-once (``SLOTWATCH_KAFKA__EXACTLY_ONCE``): the producer is the round's
+:class:`~worker.kafka.confluent_txn.ConfluentTransactionalRound` (the same ``produce``/``poll``/``flush``);
+a send it refuses with a :class:`~worker.kafka.txn_errors.TransactionError` stops the sending until the
+round rewinds (:attr:`Sink.error`), as with kafka-python's round.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 
 from worker.kafka.sink import Message, Sink
+from worker.kafka.txn_errors import TransactionError
 
 log = logging.getLogger("slotwatch.worker")
 
@@ -23,20 +29,23 @@ class ConfluentSink(Sink):
 
     def __init__(self, producer, metrics, retry_backoff_s: float, on_outage=None) -> None:
         super().__init__(producer, metrics, retry_backoff_s, on_outage)
+        from confluent_kafka import KafkaException
+
+        self._exc = KafkaException
         self._delivered: dict = {}  # kind -> delivery callback (built once per kind)
 
     def _delivery_for(self, kind: str):
         cb = self._delivered.get(kind)
         if cb is None:
-            lock, failed = self._lock, self._failed
+            lock, failed, KafkaException = self._lock, self._failed, self._exc
 
             def cb(err, msg, kind=kind):
                 if err is None:
                     with lock:
                         self.acknowledged += 1
                         self._acked_by_kind[kind] = self._acked_by_kind.get(kind, 0) + 1
-                else:
-                    failed((msg.topic(), msg.key(), msg.value(), msg.headers(), kind), err)
+                else:  # a KafkaException, as kafka-python's errors are exceptions (the round reads its cause)
+                    failed((msg.topic(), msg.key(), msg.value(), msg.headers(), kind), KafkaException(err))
 
             self._delivered[kind] = cb
         return cb
@@ -54,6 +63,8 @@ class ConfluentSink(Sink):
                     self.producer.poll(0.5)
                     continue
                 log.warning("produce to %s refused: the local queue stays full; will retry", topic)
+            except TransactionError:
+                raise  # exactly-once: the round's transaction is aborted (or fenced); send_many stops
             except Exception as e:  # noqa: BLE001 - KafkaException: retried in flush
                 log.warning("produce to %s failed (%s); will retry", topic, e)
         with self._lock:
@@ -62,9 +73,14 @@ class ConfluentSink(Sink):
 
     def send_many(self, messages) -> None:
         """Send ``(topic, key, value, headers, kind)`` messages in order."""
+        if self.error is not None:
+            return  # exactly-once: the open transaction failed; nothing more goes out until the round rewinds
         n = 0
-        for msg in messages:
-            n += self._produce(msg)
+        try:
+            for msg in messages:
+                n += self._produce(msg)
+        except TransactionError as e:
+            self.error = e
         if n:
             with self._lock:
                 self.sent += n
@@ -80,9 +96,18 @@ class ConfluentSink(Sink):
             log.warning("flush did not complete: %d messages still queued", left)
 
     def _send_again(self, msg: Message) -> None:
-        if self._produce(msg):
+        try:
+            ok = self._produce(msg)
+        except TransactionError as e:
+            self.error, ok = e, False
+        if ok:
             with self._lock:
                 self.sent += 1
 
     def close(self, timeout: float) -> None:
-        self.producer.flush(timeout)  # librdkafka's producer has no close: it goes with the object
+        from worker.kafka.confluent_txn import ConfluentTransactionalRound
+
+        if isinstance(self.producer, ConfluentTransactionalRound):  # exactly-once: abort what is open (best effort)
+            self.producer.close(timeout)
+        else:
+            self.producer.flush(timeout)  # the producer goes with the object

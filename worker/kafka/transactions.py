@@ -65,15 +65,20 @@ from typing import Any
 
 from worker.kafka.committed import make_committed_reader, read_committed_config  # noqa: F401 - re-exported
 from worker.kafka.txn_errors import (  # noqa: F401 - re-exported
-    PendingEnd, TransactionAborted, TransactionError, TransactionFatal, TransactionFenced, TransactionInDoubt,
+    PendingEnd, RoundFailures, TransactionAborted, TransactionError, TransactionFatal, TransactionFenced, TransactionInDoubt,
     fenced_error, is_fenced)
 from worker.kafka.txn_producer import (  # noqa: F401 - re-exported
-    as_offsets, end_txn_pending, make_transactional_producer, transactional_id, wait_end_txn, worker_identity)
+    as_offsets, end_txn_pending, make_round, make_transactional_producer, transactional_id, wait_end_txn, worker_identity)
 
 log = logging.getLogger("slotwatch.transactions")
 
 
-class TransactionalRound:
+def group_metadata(consumer):
+    """What a round sends the offsets with (KIP-447): the kafka-python consumer's ``group_metadata()``."""
+    return consumer.group_metadata()
+
+
+class TransactionalRound(RoundFailures):
     """One Kafka transaction per checkpoint round, over a transactional producer.
 
     It quacks like the producer for what the sink and the changelog writer use (``send``,
@@ -92,12 +97,13 @@ class TransactionalRound:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="slotwatch-txn")
         self.open = False
         self.sent = 0  # records sent in the open transaction
-        self.committed = 0  # transactions committed / aborted by this round object
-        self.aborted = 0
+        self.committed = self.aborted = 0  # transactions committed / aborted by this round object
         self.consecutive_failures = 0
         self.pending: PendingEnd | None = None  # an EndTxn that got no answer in time (module doc)
 
     # ----------------------------------------------------------------------------- the producer's face
+    group_metadata = staticmethod(group_metadata)  # what the offsets are sent with: consumer.group_metadata()
+
     def begin(self) -> None:
         """Open the round's transaction (local in kafka-python: the broker hears of it at the first send)."""
         if self.open:
@@ -246,18 +252,11 @@ class TransactionalRound:
         except Exception as e:  # noqa: BLE001
             self._fail(e, what)
 
-    def _fail(self, e: BaseException, what: str):
-        """Map a failure: fenced -> TransactionFenced; else abort the round -> TransactionAborted."""
-        if is_fenced(e, self.producer):
-            self._fenced(e)
-        log.warning("could not %s (%s: %s); aborting the round", what, type(e).__name__, e)
-        self.abort(e)
-        raise TransactionAborted(f"transaction aborted: could not {what} ({type(e).__name__}: {e}); "
-                                 "rewind to the committed offsets and replay", e) from e
+    def _is_fenced(self, e: BaseException | None) -> bool:
+        return is_fenced(e, self.producer)
 
-    def _fenced(self, e: BaseException | None):
-        self.open, self.pending = False, None
-        raise fenced_error(self.producer, e) from e
+    def _fenced_error(self, e: BaseException | None) -> TransactionFenced:
+        return fenced_error(self.producer, e)
 
     def _replace(self, cause: BaseException) -> None:
         old, self.producer = self.producer, None
@@ -267,8 +266,4 @@ class TransactionalRound:
             old.close(timeout=0)
         except Exception:  # noqa: BLE001
             pass
-        try:
-            self.producer = self._factory()
-        except Exception as e:  # noqa: BLE001
-            raise TransactionFatal(f"cannot replace the transactional producer after {type(cause).__name__}: "
-                                   f"{type(e).__name__}: {e}", e) from e
+        self._new_producer(cause)

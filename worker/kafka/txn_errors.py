@@ -4,7 +4,11 @@
 
 from __future__ import annotations
 
+import logging
+
 from worker.exits import EXIT_BROKER, EXIT_FENCED
+
+log = logging.getLogger("slotwatch.transactions")
 
 
 class TransactionError(RuntimeError):
@@ -37,13 +41,15 @@ class TransactionInDoubt(TransactionAborted):
     the caller rewinds, and the next use of the producer first waits for that EndTxn (:class:`PendingEnd`)."""
 
 
-def fenced_error(producer, cause: BaseException | None) -> TransactionFenced:
-    """Close the fenced ``producer`` (no wait) and say what happened (``cause`` when it already is one)."""
-    tid = getattr(producer, "config", {}).get("transactional_id")
-    try:
-        producer.close(timeout=0)
-    except Exception:  # noqa: BLE001 - closing a fenced producer
-        pass
+def fenced_error(producer, cause: BaseException | None, tid: str | None = None) -> TransactionFenced:
+    """Close the fenced kafka-python ``producer`` (no wait; ``None``: nothing to close) and say what happened
+    (``cause`` when it already is one)."""
+    if producer is not None:
+        tid = getattr(producer, "config", {}).get("transactional_id")
+        try:
+            producer.close(timeout=0)
+        except Exception:  # noqa: BLE001 - closing a fenced producer
+            pass
     if isinstance(cause, TransactionFenced):
         return cause
     return TransactionFenced(
@@ -110,3 +116,30 @@ class PendingEnd:
                 raise TransactionFenced(f"fenced: the pending {self.what} was answered {type(e).__name__}", e) from e
             raise TransactionFatal(f"the pending {self.what} failed ({type(e).__name__}: {e}); the producer is "
                                    "unusable and is not re-initialised", e) from e
+
+
+class RoundFailures:
+    """How both transactional rounds (:class:`~worker.kafka.transactions.TransactionalRound`,
+    :class:`~worker.kafka.confluent_txn.ConfluentTransactionalRound`) end a failed call: fenced ->
+    :class:`TransactionFenced`; else abort the round -> :class:`TransactionAborted`.  A round has
+    ``open``, ``pending``, ``producer``, ``_factory``, ``abort()`` and ``_is_fenced()``/``_fenced_error()``."""
+
+    def _fail(self, e: BaseException, what: str):
+        if self._is_fenced(e):
+            self._fenced(e)
+        log.warning("could not %s (%s: %s); aborting the round", what, type(e).__name__, e)
+        self.abort(e)
+        raise TransactionAborted(f"transaction aborted: could not {what} ({type(e).__name__}: {e}); "
+                                 "rewind to the committed offsets and replay", e) from e
+
+    def _fenced(self, e: BaseException | None):
+        self.open, self.pending = False, None
+        raise self._fenced_error(e) from e
+
+    def _new_producer(self, cause: BaseException) -> None:
+        """The replacement producer (its init aborts the transaction on the broker); none -> :class:`TransactionFatal`."""
+        try:
+            self.producer = self._factory()
+        except Exception as e:  # noqa: BLE001
+            raise TransactionFatal(f"cannot replace the transactional producer after {type(cause).__name__}: "
+                                   f"{type(e).__name__}: {e}", e) from e

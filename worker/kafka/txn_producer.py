@@ -71,6 +71,21 @@ def make_transactional_producer(k: KafkaSettings, *, init: bool = True, **overri
     return producer
 
 
+def make_round(k: KafkaSettings):
+    """The worker's exactly-once round for ``SLOTWATCH_KAFKA__CLIENT``: kafka-python's
+    :class:`~worker.kafka.transactions.TransactionalRound` or confluent-kafka's
+    :class:`~worker.kafka.confluent_txn.ConfluentTransactionalRound`, its producer initialised."""
+    timeout_s = k.request_timeout_ms / 1000
+    if k.client == "confluent":
+        from worker.kafka.confluent_txn import ConfluentTransactionalRound, make_confluent_transactional_producer
+
+        return ConfluentTransactionalRound(lambda: make_confluent_transactional_producer(k, timeout_s),
+                                           timeout_s=timeout_s, transactional_id=transactional_id(k))
+    from worker.kafka.transactions import TransactionalRound
+
+    return TransactionalRound(lambda: make_transactional_producer(k, max_block_ms=10_000), timeout_s=timeout_s)
+
+
 def as_offsets(offsets: Mapping[Any, Any], metadata: str) -> dict:
     """``{TopicPartition: next offset | OffsetAndMetadata}`` as kafka-python's ``OffsetAndMetadata`` map."""
     from kafka.structs import OffsetAndMetadata

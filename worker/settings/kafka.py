@@ -53,7 +53,7 @@ class KafkaSettings(BaseModel):
     client: Literal["kafka-python", "confluent"] = Field(
         "kafka-python",
         description="Kafka client of the worker's consumer and producer: kafka-python (default), or confluent "
-        "(confluent-kafka/librdkafka, 2.5-5x faster consume+decode; `pip install 'slotwatch[confluent]'`; no exactly-once yet).",
+        "(confluent-kafka/librdkafka, 2.5-5x faster consume+decode; `pip install 'slotwatch[confluent]'`).",
     )
     bootstrap_servers: str = Field("localhost:9092", description="Comma-separated host:port list.")
     readings_topic: str = Field("slotwatch.readings", description="Input topic (key: sensor id).")
@@ -102,10 +102,3 @@ class KafkaSettings(BaseModel):
         "SLOTWATCH_CHECKPOINT__INTERVAL_S (a round's transaction spans the interval) and not exceed the broker's "
         "transaction.max.timeout.ms (15 min by default).",
     )
-
-    @model_validator(mode="after")
-    def _check_client(self) -> "KafkaSettings":
-        if self.client == "confluent" and self.exactly_once:
-            raise ValueError("SLOTWATCH_KAFKA__EXACTLY_ONCE is not supported with SLOTWATCH_KAFKA__CLIENT=confluent yet "
-                             "(use client=kafka-python for exactly-once)")
-        return self
