@@ -248,7 +248,7 @@ class SlotDetector(CapacityMixin, StateMixin, SilenceHooksMixin):
         ``prev``: each sensor's previous raw reading (from its ring).  Returns ``(score, anomaly,
         warming, tail, new state)``; ``self._accepted`` says which readings were accepted as the new normal."""
         c = self.table.cols
-        st = {k: c[k][rows] for k in adaptive.STATE_COLUMNS}
+        st = {k: c[k].take(rows, axis=0) for k in adaptive.STATE_COLUMNS}
         score, anom, warming, tail, acc, new = adaptive.score_tick(
             self.params, self.adapt, st, err, xs, x.astype(np.float32), prev, count, warm_n, self._level_on, self._flat_on)
         for k in adaptive.STATE_COLUMNS:

@@ -136,27 +136,27 @@ class EpisodeTracker:
         """Apply one scored reading per row (rows distinct); returns ``(position, event)`` in position order."""
         c = self.table.cols
         start_col = c["ep_start_ts"]
-        was = start_col[rows] != NO_TS
+        was = start_col.take(rows) != NO_TS
         act = flagged | was
-        if not act.any():
+        if not np.count_nonzero(act):
             return []
         pos = np.nonzero(act)[0]
         r, f, w, t = rows[pos], flagged[pos], was[pos], ts[pos]
         su = surprise[pos]
         opening = f & ~w
-        if opening.any():
+        if np.count_nonzero(opening):
             o = r[opening]
             start_col[o] = t[opening]
             c["ep_flagged"][o] = 0
             c["ep_quiet"][o] = 0
         # flagged readings: count them, restart the quiet period, keep the peak (by surprise; first wins ties)
         peak = f & (opening | (su > c["ep_peak_surprise"][r]))
-        if f.any():
+        if np.count_nonzero(f):
             fr = r[f]
             c["ep_flagged"][fr] += 1
             c["ep_quiet"][fr] = 0
             c["ep_last_ts"][fr] = t[f]
-        if peak.any():
+        if np.count_nonzero(peak):
             pr, pp = r[peak], pos[peak]
             c["ep_peak_score"][pr] = score[pp]
             c["ep_peak_surprise"][pr] = surprise[pp]
@@ -166,7 +166,7 @@ class EpisodeTracker:
             c["ep_peak_z"][pr] = z[pp]
         quiet = w & ~f
         closing = np.zeros(len(pos), bool)
-        if quiet.any():
+        if np.count_nonzero(quiet):
             qr = r[quiet]
             q = c["ep_quiet"][qr] + 1
             c["ep_quiet"][qr] = q
@@ -177,7 +177,7 @@ class EpisodeTracker:
                 done |= t[quiet] - c["ep_last_ts"][qr] >= self._quiet_ms
             closing[np.nonzero(quiet)[0][done]] = True
         acc = accepted[pos]
-        if not (opening.any() or closing.any() or acc.any()):
+        if not np.count_nonzero(opening | closing | acc):
             return []
         out: list[tuple[int, EpisodeEvent]] = []
         k, feats = self.params.top_features, self.features

@@ -26,12 +26,16 @@ def run_tick(det, rows: np.ndarray, pos: np.ndarray, cols: ReadingColumns, out: 
     t_start = time.perf_counter()
     table, engine = det.table, det.engine
     c = table.cols
-    rows = np.array(rows, np.int64)  # a copy: _acquire fills in new sensors' rows
+    rows = np.asarray(rows, np.int64)
     pos = np.asarray(pos, np.int64)
     known = rows >= 0
-    slots = np.where(known, c["slot"][rows], -1)  # rows of -1 read a row that does not count
+    if np.count_nonzero(known) == len(rows):  # np.count_nonzero: no Python wrapper, unlike .all()/.any()
+        slots = c["slot"].take(rows)
+    else:
+        slots = np.where(known, c["slot"][rows], -1)  # rows of -1 read a row that does not count
     fresh = np.flatnonzero(slots < 0)
     if len(fresh):
+        rows = rows.copy()  # _acquire fills in new sensors' rows
         keep = _acquire(det, fresh, rows, slots, pos, cols, out)
         if keep is not None:
             rows, slots, pos = rows[keep], slots[keep], pos[keep]
@@ -39,65 +43,66 @@ def run_tick(det, rows: np.ndarray, pos: np.ndarray, cols: ReadingColumns, out: 
         return
     det.router.touch_slots(slots)
     n = len(rows)
-    ts = cols.ts_ms[pos]
-    x = cols.values[pos]
+    ts = cols.ts_ms.take(pos)
+    x = cols.values.take(pos, axis=0)
     if det._seq_rows is not None:  # for the silence tracker: what was applied where
         det._seq_rows[pos] = rows
         det._seq_ts[pos] = ts
 
     # sequence boundaries: explicit reset, or a gap longer than max_gap
-    count = c["count"][rows]
-    req = cols.reset[pos]
-    gap = (count > 0) & (ts - c["last_ts"][rows] > det.max_gap_ms)
+    count = c["count"].take(rows)
+    req = cols.reset.take(pos)
+    gap = (count > 0) & (ts - c["last_ts"].take(rows) > det.max_gap_ms)
     events: list = []  # (position in tick, EpisodeEvent)
-    if req.any() or gap.any():
-        need = gap | req
+    need = gap | req
+    if np.count_nonzero(need):
         at = np.flatnonzero(need)
         events = [(int(at[j]), e) for j, e in det.episodes.close(rows[need], ts[need], "reset")]
         det._reset_rows(rows[need], slots[need])
         det.stats.resets_gap += int(gap.sum())
         det.stats.resets_request += int((req & ~gap).sum())
-        count = c["count"][rows]
+        count = c["count"].take(rows)
 
     # scaling: artifact values, or learned online for unseen sensors during warm-up
     params = det.params
-    trained = c["trained"][rows]
-    if trained.all():
+    trained = c["trained"].take(rows)
+    if np.count_nonzero(trained) == n:
         warm_n = np.full(n, params.warmup, np.int64)
     else:
         warm_n = np.where(trained, params.warmup, 2 * params.warmup)
         learning = (~trained) & (count < params.warmup)
-        if learning.any():
+        if np.count_nonzero(learning):
             _learn_scaling(det, rows, x, count, learning)
-    mean = c["mean"][rows]
-    std = c["std"][rows]
+    mean = c["mean"].take(rows, axis=0)
+    std = c["std"].take(rows, axis=0)
     xs = (x - mean) / std
     np.minimum(np.maximum(xs, -SCALED_LIMIT, out=xs), SCALED_LIMIT, out=xs)  # finite in float32, and its squared error
 
     # the compiled step over all B slots (slots without a reading: zero input, masked out)
-    X = np.zeros(det._x.shape, np.float32)
+    X = np.zeros((det.slots, det.n_features), np.float32)  # fresh each tick: the step's input
+    X[slots] = xs
     M = np.zeros(det.slots, bool)
-    X[slots, 0, :] = xs
     M[slots] = True
-    exp_s = engine.step(X, M)[slots].astype(np.float64)
+    exp_s = engine.step(X.reshape(det._x.shape), M).take(slots, axis=0).astype(np.float64)
 
     fz = feature_errors(xs, exp_s, det.residual_std)
     err = reading_error(fz)
     ring = table.recent
-    rpos = c["recent_pos"][rows]
+    rpos = c["recent_pos"].take(rows)
     prev = c["recent"].reshape(-1, det.n_features)[rows * ring + (rpos - 1) % ring]  # the previous raw reading
     score, anom, warming, tail, _ = det._score_rows(rows, x, xs, err, count, warm_n, prev)
     c["count"][rows] = count + 1
     c["total"][rows] += 1
     c["last_ts"][rows] = ts
-    offs = cols.offset[pos]
-    if offs.max() >= 0:  # readings without an offset (-1) keep the last one applied
-        c["last_offset"][rows] = offs if offs.min() >= 0 else np.where(offs >= 0, offs, c["last_offset"][rows])
+    offs = cols.offset.take(pos)
+    lo = offs.min()
+    if lo >= 0:
+        c["last_offset"][rows] = offs
+    elif offs.max() >= 0:  # readings without an offset (-1) keep the last one applied
+        c["last_offset"][rows] = np.where(offs >= 0, offs, c["last_offset"][rows])
     c["recent"][rows, rpos] = x
     c["recent_ts"][rows, rpos] = ts
-    rpos += 1
-    rpos[rpos == ring] = 0
-    c["recent_pos"][rows] = rpos
+    c["recent_pos"][rows] = (rpos + 1) % ring  # rpos is in [0, ring)
     expected = exp_s * std + mean
     surp = surprise(tail)  # the scorer's tail probability (1 - score without cancellation)
     accepted = det._accepted  # the horizon accepted this reading's deviation as the new normal
