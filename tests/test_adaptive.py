@@ -150,3 +150,51 @@ def test_an_artifact_without_per_feature_level_scales_uses_its_one_scale(artifac
     with pytest.raises(art.ArtifactError):
         bad.calibration.level_feature_scale = [1.0, 0.0, 1.0]
         bad.calibration.__post_init__()
+
+
+def _settle_det(a, settle, horizon=600, quiet=30):
+    return SlotDetector(a, slots=4, scoring=AdaptParams(accept_after=horizon, quiet=quiet, settle=settle, level_window=8,
+                                                        level_scale=1.0))
+
+
+def test_settle_accepts_a_post_anomaly_level_but_not_the_anomaly_itself(artifact_1f):
+    """An anomaly (+6 for 400 readings) after which the sensor rests at +3: with the settle test the rest level is
+    accepted soon after it settles; the anomaly itself (one lasting change) is kept flagged; without it both wait
+    for the horizon."""
+    a = art.load(artifact_1f)
+    base = sine_fleet(1, 1400, 1, seed=4)[0, :, 0]
+    after = base.copy()
+    after[300:700] += 6.0
+    after[700:] += 3.0
+    out = _run(_settle_det(a, settle=30), "s1", after)
+    flags, acc = np.array([o.is_anomaly for o in out]), np.array([o.accepted for o in out])
+    assert flags[300] and flags[300:700].mean() > 0.99  # the anomaly: flagged throughout, not learned away
+    assert not acc[:700].any()
+    first = int(np.argmax(acc))
+    assert 700 + 30 <= first <= 700 + 30 + 60  # the rest level: accepted once it has held still for `settle` readings
+    assert flags[first + 50:].mean() < 0.02  # and normal from then on
+    off = np.array([o.is_anomaly for o in _run(_settle_det(a, settle=0), "s1", after)])
+    assert off[first + 50 : 880].mean() > 0.9  # without the settle test: flagged until the horizon (600 from 300)
+    # one lasting change has no second settled level: it waits for the horizon as before
+    step = base.copy()
+    step[300:] += 6.0
+    so = _run(_settle_det(a, settle=30), "s1", step)
+    sacc = np.array([o.accepted for o in so])
+    assert sacc.any() and int(np.argmax(sacc)) >= 300 + 600 - 1
+    assert np.array([o.is_anomaly for o in so])[300:890].mean() > 0.95
+
+
+def test_settle_state_survives_a_checkpoint_mid_episode(artifact_1f):
+    a = art.load(artifact_1f)
+    v = sine_fleet(1, 1000, 1, seed=4)[0, :, 0]
+    v[300:700] += 6.0
+    v[700:] += 3.0
+    whole = [(o.is_anomaly, o.accepted) for o in _run(_settle_det(a, 30), "s1", v)]
+    first = _settle_det(a, 30)
+    part = _run(first, "s1", v[:715])  # inside the second still stretch
+    data = first.export_partition(-1)
+    assert data["settle_has_prev"][0] == 1 and data["settle_run"][0] > 0
+    second = _settle_det(a, 30)
+    second.import_partition(data)
+    rest = _run(second, "s1", v[715:], start=715)
+    assert [(o.is_anomaly, o.accepted) for o in part + rest] == whole
