@@ -69,14 +69,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from worker.core.scorer import ScorerParams, long_alpha, normal_sf, score_step
-from worker.core.settle import SETTLE_COLUMNS, fresh as settle_fresh, settle_tick
 
 #: the level channel's variance counts as at least this (scaled units, i.e. (1/4 of the sensor's std)**2)
 LEVEL_VAR_FLOOR = 0.0625
 
 #: state-table columns of this module, and all the columns a tick's scoring reads and writes
-ADAPT_COLUMNS = ("lvl", "lvl_mean", "lvl_var", "move_rate", "still_run", "adapt_len", "adapt_quiet", "adapt_err_mean", "adapt_err_var",
-                 *SETTLE_COLUMNS)
+ADAPT_COLUMNS = ("lvl", "lvl_mean", "lvl_var", "move_rate", "still_run", "adapt_len", "adapt_quiet", "adapt_err_mean", "adapt_err_var")
 STATE_COLUMNS = ("err_mean", "err_var", "err_short", *ADAPT_COLUMNS)
 
 
@@ -93,7 +91,6 @@ class AdaptParams:
     flat_p_max: float = 0.9  # cap of the move rate (readings are not independent)
     hold: float = 1.0  # within an open episode a reading stays flagged down to this share of the threshold's surprise
     level_scales: tuple = ()  # per feature, from calibration (empty: level_scale for every feature, older artifacts)
-    settle: int = 0  # readings a moved-on level must hold still before an open episode is accepted (worker.core.settle; 0 = off)
 
     @property
     def level_alpha(self) -> float:
@@ -234,7 +231,6 @@ def score_tick(p: ScorerParams, a: AdaptParams, st: dict, err: np.ndarray, xs: n
         ev = np.where(learn, ev, ev0)
     lm, lv = level_learn(alpha, learn, lvl, lm, lv)
     n_, q_, epm, epv, acc = episode_step(a, anom, err, st["adapt_len"], st["adapt_quiet"], st["adapt_err_mean"], st["adapt_err_var"])
-    acc, n_, q_, settled = settle_tick(a, st, lvl, lv, n_, q_, anom, acc, thr, level_on)
     if acc.any():  # the horizon: this deviation is the new normal
         em = np.where(acc, epm, em)
         ev = np.where(acc, np.maximum(ev, epv), ev)
@@ -243,7 +239,7 @@ def score_tick(p: ScorerParams, a: AdaptParams, st: dict, err: np.ndarray, xs: n
         rate = np.where(still, 1.0 / (run + 2.0), rate)
         epm, epv = np.where(acc, 0.0, epm), np.where(acc, 0.0, epv)
     new = {"err_mean": em, "err_var": ev, "err_short": es, "lvl": lvl, "lvl_mean": lm, "lvl_var": lv, "move_rate": rate,
-           "still_run": run, "adapt_len": n_, "adapt_quiet": q_, "adapt_err_mean": epm, "adapt_err_var": epv, **settled}
+           "still_run": run, "adapt_len": n_, "adapt_quiet": q_, "adapt_err_mean": epm, "adapt_err_var": epv}
     return score, anom, warming, tail, acc, new
 
 
@@ -252,7 +248,7 @@ def fresh_state(n: int, n_features: int) -> dict:
     st = {k: np.zeros(n) for k in ("err_mean", "err_var", "err_short", "adapt_err_mean", "adapt_err_var")}
     st.update(adapt_len=np.zeros(n, np.int64), adapt_quiet=np.zeros(n, np.int64), lvl=np.zeros((n, n_features)),
               lvl_mean=np.zeros((n, n_features)), lvl_var=np.ones((n, n_features)),
-              move_rate=np.full((n, n_features), 0.5), still_run=np.zeros((n, n_features), np.int64), **settle_fresh(n, n_features))
+              move_rate=np.full((n, n_features), 0.5), still_run=np.zeros((n, n_features), np.int64))
     return st
 
 

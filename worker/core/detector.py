@@ -151,7 +151,7 @@ class SlotDetector(CapacityMixin, StateMixin, SilenceHooksMixin):
             accept_after=int(g("accept_after")),
             level_window=int(cal.level_window) if level else 0, level_scale=float(cal.level_scale) if level else 0.0,
             move_window=int(g("move_window")), flat_min_run=int(g("flat_min_run")), flat_p_max=float(g("flat_p_max")),
-            level_scales=tuple(float(v) for v in cal.level_feature_scale) if level else (), settle=int(g("settle")),
+            level_scales=tuple(float(v) for v in cal.level_feature_scale) if level else (),
         )
 
     @property

@@ -88,11 +88,6 @@ class ScoringSettings(BaseModel):
     flat_p_max: float = Field(
         0.9, gt=0, lt=1, description="Cap of a sensor's move rate in the stuck test (readings are not independent)."
     )
-    settle: int = Field(
-        0, ge=0,
-        description="Settle test (worker.core.settle): an open episode whose level moved on from a settled level and then "
-                    "held still this many readings is accepted before the horizon; 0 = off (measured on SKAB, README).",
-    )
 
 
 class EpisodeSettings(BaseModel):

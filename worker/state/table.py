@@ -58,10 +58,6 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "adapt_quiet": ("int64", ""),  # unflagged readings in a row within it
     "adapt_err_mean": ("float64", ""),  # its error mean / variance (what acceptance adopts)
     "adapt_err_var": ("float64", ""),
-    "settle_lvl": ("float64", "F"),  # settle test (worker.core.settle): mean level of the open episode's still stretch,
-    "settle_run": ("int64", ""),  # its readings,
-    "settle_prev": ("float64", "F"),  # the mean level of its last settled stretch before
-    "settle_has_prev": ("int64", ""),  # and whether there was one (0/1)
     # silent sensors (issue 16, worker.core.silence): cadence and last-seen times, kept out of
     # clear_rows so that a reset does not forget how often a sensor reports
     "sil_last_ts": ("int64", ""),  # ms of the sensor's last reading the silence tracker saw
@@ -96,8 +92,7 @@ COLUMN_DEFAULTS: dict[str, int | float] = {
     # adaptive scorer: a restored sensor has no level or movement history (level prior 0 +- 1 scaled, move rate 1/2)
     "lvl_var": 1.0,
     "move_rate": 0.5,
-    **{name: 0 for name in ("lvl", "lvl_mean", "still_run", "adapt_len", "adapt_quiet", "adapt_err_mean", "adapt_err_var",
-                            "settle_lvl", "settle_run", "settle_prev", "settle_has_prev")},
+    **{name: 0 for name in ("lvl", "lvl_mean", "still_run", "adapt_len", "adapt_quiet", "adapt_err_mean", "adapt_err_var")},
 }
 
 
@@ -204,8 +199,7 @@ class StateTable:
         c["recent"][rows] = 0.0
         c["recent_ts"][rows] = NO_TS
         c["recent_pos"][rows] = 0
-        for name in ("lvl", "lvl_mean", "still_run", "adapt_len", "adapt_quiet", "adapt_err_mean", "adapt_err_var",
-                      "settle_lvl", "settle_run", "settle_prev", "settle_has_prev"):
+        for name in ("lvl", "lvl_mean", "still_run", "adapt_len", "adapt_quiet", "adapt_err_mean", "adapt_err_var"):
             c[name][rows] = 0
         c["lvl_var"][rows] = 1.0
         c["move_rate"][rows] = 0.5
