@@ -60,6 +60,7 @@ class TrainConfig:
     flat_window: int = 8  # stuck-sensor check on (> 0) or off (0); stillness is judged against each sensor's own history
     level_window: int = 8  # level channel EWMA window (0 = off); see worker.core.adaptive
     feature_scales: bool = True  # calibrate the level channel's scale per feature (else one for all, as before)
+    level_fresh: bool = True  # calibrate the level scales as sensors start live, known and unseen (training.calibrate_fresh)
     level_passes: int = 8  # at most this many re-calibrations of the level scales on a pass that freezes while flagged, as live (stops at < 1% change; 0 = off)
     accept_after: int = 600  # horizon used for the validation metrics (the worker's is SLOTWATCH_SCORING__ACCEPT_AFTER)
     jitter: float = 1.0  # scaling jitter per sensor and epoch (offset sd; log-scale sd is half of it)
@@ -415,6 +416,15 @@ def calibrate(net, fleet: Fleet, cfg: TrainConfig) -> tuple[object, dict, dict]:
         if np.all(np.abs(np.array([level_scale, *calib.level_feature_scale]) / old - 1.0) < 0.01):
             break
     calib.level_scale = level_scale
+    fresh = {}
+    if cfg.level_fresh and calib.level_feature_scale:  # as sensors start live, known to training or not, without a floor
+        from training.calibrate_fresh import fresh_level_scales
+
+        known, unseen, fresh = fresh_level_scales(net, fleet, params, adapt, res_std, bias, fleet.fleet_scaling()[1],
+                                                  cfg.false_alarm_rate, cfg.flat_window > 0, cfg.level_passes)
+        calib.level_feature_scale = known or calib.level_feature_scale
+        calib.level_feature_scale_unseen = unseen
+        adapt = replace(adapt, level_scales=tuple(calib.level_feature_scale), level_scales_unseen=tuple(unseen))
     score, flag, warming, _, accepted = cal.run_adaptive(params, adapt, err, fleet.x, fleet.raw, valid,
                                                          level_on=level_scale > 0, flat_on=cfg.flat_window > 0)
     inval = fleet.in_validation()
@@ -435,6 +445,8 @@ def calibrate(net, fleet: Fleet, cfg: TrainConfig) -> tuple[object, dict, dict]:
         "error_std": err_std,
         "level_scale": level_scale,
         "level_feature_scale": list(calib.level_feature_scale),
+        "level_feature_scale_unseen": list(calib.level_feature_scale_unseen),
+        "level_fresh_readings": fresh,
         "val_accepted_readings": int(accepted.sum()),
         "val_false_alarm_rate": float(flag[mask & ~warming].mean()) if (mask & ~warming).any() else 0.0,
         "val_false_alarm_by_channel": by_channel,
@@ -556,6 +568,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flat-window", type=int, default=d.flat_window, help=f"readings the flatline (stuck sensor) statistic looks at (default {d.flat_window}; 0 = off; at most SLOTWATCH_MODEL__RECENT_READINGS)")
     p.add_argument("--level-window", type=int, default=d.level_window, help=f"readings the level channel averages (default {d.level_window}; 0 = off)")
     p.add_argument("--level-passes", type=int, default=d.level_passes, help=f"re-calibrate the level scales on passes that score as live, freezing while flagged (default {d.level_passes}; 0 = off)")
+    p.add_argument("--no-level-fresh", action="store_true", help="calibrate the level scales on the training sensors' whole sequences only (as before: mature statistics, floor 0.6), not as known and unseen sensors start live")
     p.add_argument("--jitter", type=float, default=d.jitter, help=f"scaling jitter for robustness to unseen sensors' online scaling (default {d.jitter}; 0 = off)")
     p.add_argument("--false-alarm-rate", type=float, default=d.false_alarm_rate, help=f"share of normal validation readings the threshold may flag (default {d.false_alarm_rate})")
     p.add_argument("--min-readings", type=int, default=d.min_readings, help=f"refuse sensors with fewer readings (default {d.min_readings})")
@@ -580,7 +593,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
     cfg = TrainConfig(units=units, mode=args.mode, epochs=args.epochs, patience=args.patience, seq_len=args.seq_len,
                        batch=args.batch, learning_rate=args.learning_rate, val_fraction=args.val_fraction, seed=args.seed,
-                       warmup=args.warmup, jitter=args.jitter, level_window=args.level_window, level_passes=args.level_passes, flat_window=args.flat_window, false_alarm_rate=args.false_alarm_rate, min_readings=args.min_readings,
+                       warmup=args.warmup, jitter=args.jitter, level_window=args.level_window, level_passes=args.level_passes, level_fresh=not getattr(args, "no_level_fresh", False), flat_window=args.flat_window, false_alarm_rate=args.false_alarm_rate, min_readings=args.min_readings,
                        unsorted="refuse" if args.refuse_unsorted else "sort", progress=want_progress(not args.no_progress),
                        strict=getattr(args, "strict", False))
     check_config(cfg)

@@ -68,6 +68,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from worker.core.level_kinds import row_scales
 from worker.core.scorer import ScorerParams, long_alpha, normal_sf, score_step
 
 #: the level channel's variance counts as at least this (scaled units, i.e. (1/4 of the sensor's std)**2)
@@ -91,6 +92,7 @@ class AdaptParams:
     flat_p_max: float = 0.9  # cap of the move rate (readings are not independent)
     hold: float = 1.0  # within an open episode a reading stays flagged down to this share of the threshold's surprise
     level_scales: tuple = ()  # per feature, from calibration (empty: level_scale for every feature, older artifacts)
+    level_scales_unseen: tuple = ()  # per feature, for sensors unseen in training (empty: level_scales; worker.core.level_kinds)
 
     @property
     def level_alpha(self) -> float:
@@ -98,14 +100,15 @@ class AdaptParams:
 
 
 def level_step(a: AdaptParams, xs: np.ndarray, first: np.ndarray, lvl: np.ndarray, lvl_mean: np.ndarray,
-               lvl_var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(new EWMA level (n, F), z (n,)): the level channel's largest |deviation| in units of its sd / level_scale."""
+               lvl_var: np.ndarray, unseen: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(new EWMA level (n, F), z (n,)): the level channel's largest |deviation| in units of its sd / level_scale
+    (``unseen`` (n,): sensors unseen in training, judged by ``level_scales_unseen`` when the artifact has them)."""
     lvl = lvl + a.level_alpha * (xs - lvl)
     if first.any():
         lvl = np.where(first[:, None], xs, lvl)
     if a.level_scale <= 0 or a.level_window <= 0:
         return lvl, np.zeros(len(xs))
-    return lvl, scaled_max(level_dev(lvl, lvl_mean, lvl_var), a.level_scales, a.level_scale)
+    return lvl, scaled_max(level_dev(lvl, lvl_mean, lvl_var), row_scales(a, unseen, xs.shape[-1]), a.level_scale)
 
 
 def level_dev(lvl: np.ndarray, lvl_mean: np.ndarray, lvl_var: np.ndarray) -> np.ndarray:
@@ -115,7 +118,7 @@ def level_dev(lvl: np.ndarray, lvl_mean: np.ndarray, lvl_var: np.ndarray) -> np.
 
 def scaled_max(d: np.ndarray, scales: tuple, scale: float) -> np.ndarray:
     """(n,) the largest deviation over features, each divided by its calibrated scale (or all by ``scale``)."""
-    if scales:
+    if len(scales):  # a tuple (F,) or, per sensor, an (n, F) array
         return (d / np.asarray(scales, dtype=np.float64)).max(axis=-1)
     return d.max(axis=-1) / scale
 
@@ -211,7 +214,7 @@ def score_tick(p: ScorerParams, a: AdaptParams, st: dict, err: np.ndarray, xs: n
         lv = np.where(first[:, None], 1.0, lv)
         em0 = np.where(first, p.prior_mean, em0)
         ev0 = np.where(first, p.prior_var, ev0)
-    lvl, z_lvl = level_step(a, xs, first, st["lvl"], lm, lv)
+    lvl, z_lvl = level_step(a, xs, first, st["lvl"], lm, lv, unseen=warm_n > p.warmup)  # unseen sensors warm up twice as long
     if level_on:
         tail = np.minimum(tail, level_tail(z_lvl, xs.shape[-1]))
     rate, run, flat_tail = movement_step(a, x32, prev32, ~first, count, st["move_rate"], st["still_run"])

@@ -51,6 +51,7 @@ class Calibration:
     level_window: int = 0  # EWMA window of the level channel (worker.core.adaptive); 0 = off (older artifacts)
     level_scale: float = 0.0  # level z that the channel divides by (calibrated); 0 = off
     level_feature_scale: list[float] = field(default_factory=list)  # per feature (calibrated); empty: level_scale for all (older artifacts)
+    level_feature_scale_unseen: list[float] = field(default_factory=list)  # per feature, sensors unseen in training (worker.core.level_kinds); empty: level_feature_scale
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -59,8 +60,8 @@ class Calibration:
             raise ArtifactError("calibration windows must be positive")
         if self.flat_window < 0 or self.flat_limit < 0 or self.level_window < 0 or self.level_scale < 0:
             raise ArtifactError("calibration.flat_window, flat_limit, level_window and level_scale must be >= 0")
-        if any(not v > 0 for v in self.level_feature_scale):
-            raise ArtifactError("calibration.level_feature_scale must hold values > 0")
+        if any(not v > 0 for v in [*self.level_feature_scale, *self.level_feature_scale_unseen]):
+            raise ArtifactError("calibration.level_feature_scale and level_feature_scale_unseen must hold values > 0")
         if self.error_std <= 0:
             raise ArtifactError(f"calibration.error_std must be > 0, got {self.error_std}")
 
