@@ -150,3 +150,50 @@ def test_an_artifact_without_per_feature_level_scales_uses_its_one_scale(artifac
     with pytest.raises(art.ArtifactError):
         bad.calibration.level_feature_scale = [1.0, 0.0, 1.0]
         bad.calibration.__post_init__()
+
+
+def _scores(a, sid, values):
+    """(T, 2): each reading's surprise (all channels' tail) and flag."""
+    from worker.settings import ScoringSettings
+
+    det = SlotDetector(a, slots=4, scoring=ScoringSettings(flat_min_run=0))  # the level channel from the artifact
+    return np.array([(o.surprise, o.is_anomaly) for o in det.process([Reading(sid, t * STEP_MS, np.atleast_1d(np.float64(v)) if np.ndim(v) == 0 else v) for t, v in enumerate(values)])])
+
+
+def test_an_artifact_without_unseen_level_scales_scores_as_before(artifact_3f, tmp_path):
+    """Older artifacts (no ``level_feature_scale_unseen``) score every sensor by ``level_feature_scale``,
+    exactly as before; an artifact with unseen scales scores a sensor unseen in training by them."""
+    import json
+
+    base = sine_fleet(1, 500, 3, seed=8)[0]
+    values = base.copy()
+    values[250:, 0] += 2.0  # a lasting change of feature 0
+    now = _artifact(artifact_3f, level_window=8, level_scale=4.0, level_feature_scale=[0.5, 4.0, 4.0])
+    d = art.save(tmp_path / "old", now.model, now.manifest, set_latest=False)
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["calibration"].pop("level_feature_scale_unseen") == []
+    (d / "manifest.json").write_text(json.dumps(m))
+    old = art.load(d)
+    assert old.manifest.calibration.level_feature_scale_unseen == []
+    det = SlotDetector(old, slots=4)
+    assert det.adapt.level_scales == (0.5, 4.0, 4.0) and det.adapt.level_scales_unseen == ()
+    np.testing.assert_array_equal(_scores(old, "s0", values), _scores(now, "s0", values))
+    # the same artifact with its own scales for unseen sensors (artifact_3f has no trained sensors)
+    un = _artifact(artifact_3f, level_window=8, level_scale=4.0, level_feature_scale=[0.5, 4.0, 4.0],
+                   level_feature_scale_unseen=[4.0, 4.0, 4.0])
+    f_now, f_un = _level_flags(now, values), _level_flags(un, values)
+    assert f_now[270:450].mean() > 0.95  # the known scale 0.5 keeps the change flagged
+    assert f_un[270:450].mean() < 0.8  # the unseen scale 4.0 lets it through
+    with pytest.raises(art.ArtifactError):
+        bad = copy.deepcopy(un.manifest)
+        bad.calibration.level_feature_scale_unseen = [1.0, 0.0, 1.0]
+        bad.calibration.__post_init__()
+
+
+def test_a_sensor_known_to_training_keeps_the_known_level_scales(artifact_1f):
+    values = sine_fleet(1, 500, 1, seed=4)[0, :, 0].copy()
+    values[250:] += 3.0
+    known = _artifact(artifact_1f, level_window=8, level_scale=0.5, level_feature_scale=[0.5])
+    both = _artifact(artifact_1f, level_window=8, level_scale=0.5, level_feature_scale=[0.5], level_feature_scale_unseen=[5.0])
+    np.testing.assert_array_equal(_scores(both, "s1", values), _scores(known, "s1", values))  # s1: trained scaling
+    assert not np.array_equal(_scores(both, "new", values), _scores(known, "new", values))  # unseen: its own scales

@@ -42,3 +42,23 @@ def test_while_flagged_the_live_pass_keeps_the_earlier_baseline():
     assert z_live[0, 850:900, 0].mean() > 1.5 * learn_all[0, 850:900, 0].mean()
     # the other sensor, never flagged, sees the same z in both passes
     np.testing.assert_allclose(z_live[1, 1:], learn_all[1, 1:], rtol=1e-9, atol=1e-12)
+
+
+def test_the_level_scales_are_per_feature_the_larger_of_the_mature_and_the_fresh_rule():
+    """Mature statistics judge feature 0 quieter than a fresh state does, feature 1 the other way round:
+    each feature keeps the larger scale, with no floor (a scale below LEVEL_SCALE_MIN survives)."""
+    from training.calibrate_fresh import larger_scales
+
+    rng = np.random.default_rng(0)
+    z = np.abs(rng.normal(size=(200_000, 2)))
+    thr, far = 0.999, 1e-3
+    mature = cal.pick_feature_scales(z * [0.3, 0.9], thr, far, cal.NO_FLOOR)
+    fresh = cal.pick_feature_scales(z * [0.45, 0.5], thr, far, cal.NO_FLOOR)
+    unseen = cal.pick_feature_scales(z * [0.5, 0.2], thr, far, cal.NO_FLOOR)
+    assert mature[0] < fresh[0] < cal.LEVEL_SCALE_MIN and fresh[1] < mature[1]
+    known, un = larger_scales(mature, fresh, unseen)
+    assert known == [fresh[0], mature[1]]
+    assert un == [unseen[0], mature[1]]
+    assert larger_scales(mature, fresh, []) == (known, [])  # no unseen pass: unseen sensors use the known scales
+    # no fresh-state pass (too few held-out readings): the mature scales with the floor, as before
+    assert larger_scales(mature, [], []) == ([cal.LEVEL_SCALE_MIN, max(mature[1], cal.LEVEL_SCALE_MIN)], [])

@@ -185,12 +185,16 @@ def normal_isf(tail: float) -> float:
     return 0.5 * (lo + hi)
 
 
-#: the level scale never goes below this: held-out readings of training sensors (whose level
+#: the level scale never goes below this (artifacts calibrated without the fresh-state passes,
+#: ``--no-level-fresh``, and before them): held-out readings of training sensors (whose level
 #: statistics have learned for thousands of readings) are quieter than sensors that are new or
 #: changed regime.  Measured on the simulator (scale as calibrated 0.41: 3.5 false alarms per
 #: 1,000 readings on the new fleet; 0.5: 0.17; 0.6: 0.04, window F1 0.947; 1.0: as if off,
 #: 0.931); SKAB calibrates to 0.90, above it.
 LEVEL_SCALE_MIN = 0.6
+#: "no floor" for :func:`pick_feature_scales` (a scale must stay > 0): used when the scales are also
+#: calibrated from a fresh state (:mod:`training.calibrate_fresh`), which replaces the floor
+NO_FLOOR = 1e-9
 
 
 def pick_level_scale(z_normal: np.ndarray, threshold: float, n_features: int, false_alarm_rate: float) -> float:

@@ -60,7 +60,7 @@ class TrainConfig:
     flat_window: int = 8  # stuck-sensor check on (> 0) or off (0); stillness is judged against each sensor's own history
     level_window: int = 8  # level channel EWMA window (0 = off); see worker.core.adaptive
     feature_scales: bool = True  # calibrate the level channel's scale per feature (else one for all, as before)
-    level_fresh: bool = True  # calibrate the level scales as sensors start live, known and unseen (training.calibrate_fresh)
+    level_fresh: bool = True  # per feature the larger of the whole-sequence rule (no floor) and the rule as sensors start live, known and unseen (training.calibrate_fresh)
     level_passes: int = 8  # at most this many re-calibrations of the level scales on a pass that freezes while flagged, as live (stops at < 1% change; 0 = off)
     accept_after: int = 600  # horizon used for the validation metrics (the worker's is SLOTWATCH_SCORING__ACCEPT_AFTER)
     jitter: float = 1.0  # scaling jitter per sensor and epoch (offset sd; log-scale sd is half of it)
@@ -386,11 +386,13 @@ def calibrate(net, fleet: Fleet, cfg: TrainConfig) -> tuple[object, dict, dict]:
     params = ScorerParams(thr, cfg.warmup, cfg.short_window, cfg.long_window, err_mean, err_std**2)
     # level channel: the scale at which it alone flags at most false_alarm_rate of normal held-out readings
     level_scale = 0.0
+    # with the fresh-state passes (below) the per-feature scales have no floor: the larger of both rules stands in for it
+    floor = cal.NO_FLOOR if cfg.level_fresh and cfg.feature_scales else cal.LEVEL_SCALE_MIN
     if cfg.level_window > 0:
         z_lvl = cal.level_z_series(fleet.x, valid, cfg.warmup, cfg.long_window, cfg.level_window)[mask & ~warming]
         level_scale = cal.pick_level_scale(z_lvl.max(axis=-1), thr, len(fleet.features), cfg.false_alarm_rate)
         if cfg.feature_scales and level_scale > 0:  # and each feature's own (worker.core.adaptive: level_scales)
-            calib.level_feature_scale = cal.pick_feature_scales(z_lvl, thr, cfg.false_alarm_rate)
+            calib.level_feature_scale = cal.pick_feature_scales(z_lvl, thr, cfg.false_alarm_rate, floor)
     calib.level_window = cfg.level_window if level_scale > 0 else 0
     calib.flat_window = cfg.flat_window  # on/off of the stuck-sensor check (stillness against own history)
     calib.flat_limit = 0.0
@@ -408,7 +410,7 @@ def calibrate(net, fleet: Fleet, cfg: TrainConfig) -> tuple[object, dict, dict]:
         old = np.array([level_scale, *calib.level_feature_scale])
         level_scale = float(np.sqrt(level_scale * new_scale))
         if calib.level_feature_scale:
-            new_f = cal.pick_feature_scales(z_live, thr, cfg.false_alarm_rate)
+            new_f = cal.pick_feature_scales(z_live, thr, cfg.false_alarm_rate, floor)
             calib.level_feature_scale = [float(np.sqrt(a * b)) for a, b in zip(calib.level_feature_scale, new_f)]
         adapt = replace(adapt, level_scale=level_scale, level_scales=tuple(calib.level_feature_scale))
         log.info("level calibration, live pass %d: scale %.3f, per feature %s", n_pass, level_scale,
@@ -418,12 +420,12 @@ def calibrate(net, fleet: Fleet, cfg: TrainConfig) -> tuple[object, dict, dict]:
     calib.level_scale = level_scale
     fresh = {}
     if cfg.level_fresh and calib.level_feature_scale:  # as sensors start live, known to training or not, without a floor
-        from training.calibrate_fresh import fresh_level_scales
+        from training.calibrate_fresh import fresh_level_scales, larger_scales
 
         known, unseen, fresh = fresh_level_scales(net, fleet, params, adapt, res_std, bias, fleet.fleet_scaling()[1],
                                                   cfg.false_alarm_rate, cfg.flat_window > 0, cfg.level_passes)
-        calib.level_feature_scale = known or calib.level_feature_scale
-        calib.level_feature_scale_unseen = unseen
+        calib.level_feature_scale, calib.level_feature_scale_unseen = larger_scales(calib.level_feature_scale, known, unseen)
+        unseen = calib.level_feature_scale_unseen
         adapt = replace(adapt, level_scales=tuple(calib.level_feature_scale), level_scales_unseen=tuple(unseen))
     score, flag, warming, _, accepted = cal.run_adaptive(params, adapt, err, fleet.x, fleet.raw, valid,
                                                          level_on=level_scale > 0, flat_on=cfg.flat_window > 0)
@@ -568,7 +570,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flat-window", type=int, default=d.flat_window, help=f"readings the flatline (stuck sensor) statistic looks at (default {d.flat_window}; 0 = off; at most SLOTWATCH_MODEL__RECENT_READINGS)")
     p.add_argument("--level-window", type=int, default=d.level_window, help=f"readings the level channel averages (default {d.level_window}; 0 = off)")
     p.add_argument("--level-passes", type=int, default=d.level_passes, help=f"re-calibrate the level scales on passes that score as live, freezing while flagged (default {d.level_passes}; 0 = off)")
-    p.add_argument("--no-level-fresh", action="store_true", help="calibrate the level scales on the training sensors' whole sequences only (as before: mature statistics, floor 0.6), not as known and unseen sensors start live")
+    p.add_argument("--no-level-fresh", action="store_true", help="calibrate the level scales on the training sensors' whole sequences only (as before: mature statistics, floor 0.6), not also as known and unseen sensors start live (per feature the larger of both, no floor)")
     p.add_argument("--jitter", type=float, default=d.jitter, help=f"scaling jitter for robustness to unseen sensors' online scaling (default {d.jitter}; 0 = off)")
     p.add_argument("--false-alarm-rate", type=float, default=d.false_alarm_rate, help=f"share of normal validation readings the threshold may flag (default {d.false_alarm_rate})")
     p.add_argument("--min-readings", type=int, default=d.min_readings, help=f"refuse sensors with fewer readings (default {d.min_readings})")

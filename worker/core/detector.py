@@ -147,13 +147,12 @@ class SlotDetector(CapacityMixin, StateMixin, SilenceHooksMixin):
         d = AdaptParams()
         g = (lambda k: getattr(scoring, k, getattr(d, k))) if scoring is not None else (lambda k: getattr(d, k))
         level = bool(getattr(scoring, "level", True)) if scoring is not None else True
-        unseen = level and bool(getattr(scoring, "level_unseen", True)) and bool(cal.level_feature_scale)
         return AdaptParams(
             accept_after=int(g("accept_after")),
             level_window=int(cal.level_window) if level else 0, level_scale=float(cal.level_scale) if level else 0.0,
             move_window=int(g("move_window")), flat_min_run=int(g("flat_min_run")), flat_p_max=float(g("flat_p_max")),
             level_scales=tuple(float(v) for v in cal.level_feature_scale) if level else (),
-            level_scales_unseen=tuple(float(v) for v in cal.level_feature_scale_unseen) if unseen else (),
+            level_scales_unseen=tuple(float(v) for v in cal.level_feature_scale_unseen) if level and cal.level_feature_scale else (),
         )
 
     @property

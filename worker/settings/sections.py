@@ -83,10 +83,6 @@ class ScoringSettings(BaseModel):
         description="Deprecated alias of SLOTWATCH_EPISODES__QUIET_READINGS (used only when that is not set; logs a warning).",
     )
     level: bool = Field(True, description="Use the artifact's level channel (is the sensor still at its usual level?).")
-    level_unseen: bool = Field(
-        True, description="Sensors unseen in training use the artifact's own level scales for them (calibrated as such "
-                          "sensors start live; artifacts without them: the known sensors' scales); false: the known sensors' scales for all.",
-    )
     move_window: int = Field(1000, ge=2, description="Readings over which a sensor's own share of moving readings is learned.")
     flat_min_run: int = Field(4, ge=0, description="Unchanged readings before a sensor can be flagged as stuck; 0 = off.")
     flat_p_max: float = Field(
