@@ -134,8 +134,7 @@ class ConfluentTransactionalRound(RoundFailures):
             raise
         except Exception as e:  # noqa: BLE001 - answered with an error
             self._fail(e, "commit the transaction")
-        self.open, self.consecutive_failures = False, 0
-        self.committed += 1
+        self._committed()
 
     def abort(self, cause: BaseException | None = None) -> None:
         """Abort the open transaction; as :meth:`TransactionalRound.abort` (in doubt: kept; fatal: replaced)."""
@@ -203,13 +202,7 @@ class ConfluentTransactionalRound(RoundFailures):
             err = e.args[0]
             if not err.retriable() or err.txn_requires_abort() or self._is_fenced(e):
                 raise
-            self.pending, self.open, self.sent = what, False, 0
-            self.aborted += what == "commit"  # an abort is counted by abort()
-            self.consecutive_failures += what == "commit"
-            log.error("the %s (EndTxn) got no answer within %g s (%s): the producer may be fenced; rewinding "
-                      "without re-initialising the transactional.id", what, self.timeout_s, err.name())
-            raise TransactionInDoubt(f"the {what} got no answer within {self.timeout_s:g} s (in doubt); "
-                                     "rewind to the committed offsets and replay") from None
+            self._in_doubt(what, what, f" ({err.name()})")
 
     def _note(self, e: BaseException) -> None:
         cause = e if isinstance(e, self.ck.KafkaException) else (e.__cause__ or e.__context__ or e)

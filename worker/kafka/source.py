@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from worker.kafka.fast_records import install, offsets_of
 from worker.kafka.polled import OffsetAndMetadata, PartitionRecords, TopicPartition, from_kafka_python
 
 log = logging.getLogger("slotwatch.worker")
@@ -29,7 +30,6 @@ class Source:
         """Create the consumer (raises while the brokers cannot be reached)."""
         if self.consumer is None:
             from worker.kafka.clients import make_consumer
-            from worker.kafka.fast_records import install
 
             consumer = make_consumer(self.settings)
             if self.settings.fast_records:
@@ -42,8 +42,6 @@ class Source:
 
     def poll(self) -> dict:
         """{TopicPartition: PartitionRecords} of one poll (empty when nothing came within the poll timeout)."""
-        from worker.kafka.fast_records import offsets_of
-
         k, c = self.settings, self.consumer
         side = offsets_of(c)
         if side is None:  # a consumer without worker.kafka.fast_records (e.g. handed in by a test)

@@ -73,11 +73,6 @@ from worker.kafka.txn_producer import (  # noqa: F401 - re-exported
 log = logging.getLogger("slotwatch.transactions")
 
 
-def group_metadata(consumer):
-    """What a round sends the offsets with (KIP-447): the kafka-python consumer's ``group_metadata()``."""
-    return consumer.group_metadata()
-
-
 class TransactionalRound(RoundFailures):
     """One Kafka transaction per checkpoint round, over a transactional producer.
 
@@ -102,7 +97,9 @@ class TransactionalRound(RoundFailures):
         self.pending: PendingEnd | None = None  # an EndTxn that got no answer in time (module doc)
 
     # ----------------------------------------------------------------------------- the producer's face
-    group_metadata = staticmethod(group_metadata)  # what the offsets are sent with: consumer.group_metadata()
+    def group_metadata(self, consumer):  # what the offsets are sent with (KIP-447)
+        return consumer.group_metadata()
+
 
     def begin(self) -> None:
         """Open the round's transaction (local in kafka-python: the broker hears of it at the first send)."""
@@ -164,9 +161,7 @@ class TransactionalRound(RoundFailures):
             raise
         except Exception as e:  # noqa: BLE001 - answered with an error
             self._fail(e, "commit the transaction")
-        self.open = False
-        self.committed += 1
-        self.consecutive_failures = 0
+        self._committed()
 
     def abort(self, cause: BaseException | None = None) -> None:
         """Abort the open transaction (its records are marked aborted, its offsets dropped).
@@ -222,13 +217,7 @@ class TransactionalRound(RoundFailures):
         try:
             fut.result(timeout=self.timeout_s)
         except concurrent.futures.TimeoutError:
-            self.pending, self.open, self.sent = PendingEnd(fut, what), False, 0
-            self.aborted += what == "commit"  # an abort is counted by abort()
-            self.consecutive_failures += what == "commit"
-            log.error("the %s (EndTxn) got no answer within %g s: the producer may be fenced; rewinding "
-                      "without re-initialising the transactional.id", what, self.timeout_s)
-            raise TransactionInDoubt(f"the {what} got no answer within {self.timeout_s:g} s (in doubt); "
-                                     "rewind to the committed offsets and replay") from None
+            self._in_doubt(PendingEnd(fut, what), what)
 
     def settle(self) -> None:
         """Before the producer is used again: wait for a pending EndTxn (:meth:`PendingEnd.settle`)."""

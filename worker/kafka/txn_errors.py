@@ -136,6 +136,21 @@ class RoundFailures:
         self.open, self.pending = False, None
         raise self._fenced_error(e) from e
 
+    def _in_doubt(self, pending, what: str, detail: str = ""):
+        """An EndTxn got no answer within ``timeout_s``: keep it ``pending``, close the round, raise
+        :class:`TransactionInDoubt` (the caller rewinds; never a new producer)."""
+        self.pending, self.open, self.sent = pending, False, 0
+        self.aborted += what == "commit"  # an abort is counted by abort()
+        self.consecutive_failures += what == "commit"
+        log.error("the %s (EndTxn) got no answer within %g s%s: the producer may be fenced; rewinding "
+                  "without re-initialising the transactional.id", what, self.timeout_s, detail)
+        raise TransactionInDoubt(f"the {what} got no answer within {self.timeout_s:g} s (in doubt); "
+                                 "rewind to the committed offsets and replay") from None
+
+    def _committed(self) -> None:
+        self.open, self.consecutive_failures = False, 0
+        self.committed += 1
+
     def _new_producer(self, cause: BaseException) -> None:
         """The replacement producer (its init aborts the transaction on the broker); none -> :class:`TransactionFatal`."""
         try:
