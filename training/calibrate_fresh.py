@@ -83,13 +83,14 @@ def held_out_parts(fleet) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
 def unseen_scaling(raw: np.ndarray, valid: np.ndarray, warmup: int, global_std: np.ndarray) -> np.ndarray:
     """(S, T, F) scaled as the core scales a sensor unseen in training: the mean and std of its first
     ``warmup`` readings, the std shrunk towards the fleet's (:func:`worker.core.tick._learn_scaling`)."""
+    from worker.core.tick import shrunk_std
+
     w = max(int(warmup), 1)
     head = valid[:, :w, None]
     k = np.maximum(head.sum(axis=1), 1)
     mean = (raw[:, :w] * head).sum(axis=1) / k
     m2 = (((raw[:, :w] - mean[:, None]) ** 2) * head).sum(axis=1)
-    std = np.sqrt((m2 + global_std**2) / (k + 1.0))
-    std = np.maximum(std, global_std * 1e-3)
+    std = shrunk_std(m2, k, global_std)
     return ((raw - mean[:, None]) / std[:, None]).astype(np.float32)
 
 
@@ -106,7 +107,7 @@ def _scales(p, adapt, err, x, raw, valid, mask, thr, far, flat_on, passes):
         n = int(use.sum())
         if n < MIN_READINGS:
             return [], n
-        new = cal.pick_feature_scales(res[5][use], thr, far, floor=1e-9)
+        new = cal.pick_feature_scales(res[5][use], thr, far, floor=cal.NO_FLOOR)
         old = np.array(scales)
         scales = [float(np.sqrt(s * v)) for s, v in zip(scales, new)]
         if np.all(np.abs(np.array(scales) / old - 1.0) < 0.01):

@@ -168,6 +168,13 @@ def _acquire(det, fresh: np.ndarray, rows: np.ndarray, slots: np.ndarray, pos: n
     return keep
 
 
+def shrunk_std(m2: np.ndarray, k: np.ndarray, global_std: np.ndarray) -> np.ndarray:
+    """An unseen sensor's std from ``k`` readings (sum of squared deviations ``m2``), shrunk towards the
+    fleet's ``global_std`` as one more reading of that spread, and never below a small share of it."""
+    std = np.sqrt((m2 + global_std**2) / (k + 1.0))
+    return np.maximum(std, global_std * _MIN_STD_FRACTION)
+
+
 def _learn_scaling(det, rows: np.ndarray, x: np.ndarray, count: np.ndarray, learning: np.ndarray) -> None:
     """Welford's mean and variance of an unseen sensor's values during its warm-up (shrunk towards the fleet's)."""
     c = det.table.cols
@@ -181,8 +188,7 @@ def _learn_scaling(det, rows: np.ndarray, x: np.ndarray, count: np.ndarray, lear
     delta = xl - mean
     mean = mean + delta / k
     m2 = np.where(first[:, None], 0.0, c["m2"][lr]) + delta * (xl - mean)
-    std = np.sqrt((m2 + det._global_std**2) / (k + 1.0))
-    std = np.maximum(std, det._global_std * _MIN_STD_FRACTION)
+    std = shrunk_std(m2, k, det._global_std)
     c["mean"][lr], c["m2"][lr], c["std"][lr] = mean, m2, std
     ending = learning & (count + 1 >= params.warmup)
     if ending.any():  # scaling freezes now: errors and levels so far were on moving scales
